@@ -1,0 +1,64 @@
+"""Orbax checkpoints of a run: the latest (to resume) and the best by validation NDCG.
+
+Each checkpoint holds the train state and a small JSON record (epoch, best so
+far), so a resumed run knows everything without re-reading logs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+BEST_METRIC = 'val_ndcg@100'
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that exists but cannot be read; nothing on disk is touched."""
+
+
+def manager(workdir: str | Path, keep_latest: int = 1) -> ocp.CheckpointManager:
+  policy = pp.AnyPreservationPolicy([
+      pp.LatestN(n=max(1, keep_latest)),
+      pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+               keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(Path(workdir).resolve() / 'checkpoints', options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, record: dict[str, Any],
+         val_metric: float | None) -> None:
+  metrics = None if val_metric is None else {BEST_METRIC: float(val_metric)}
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          record=ocp.args.JsonSave(record)),
+            metrics=metrics)
+
+
+def abstract_of(state):
+  """Shapes, dtypes and shardings of a freshly built state, to restore into."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[Any, dict]:
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+  except Exception as e:
+    raise CheckpointError(
+        f'cannot restore checkpoint step {step} in {mngr.directory}: {type(e).__name__}: {e}. '
+        'The files were left as they are; move that step folder aside to resume from an '
+        'earlier one, or use a fresh --workdir.') from e
+  return out['state'], dict(out['record'])
+
+
+def record_at(mngr: ocp.CheckpointManager, step: int) -> dict:
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
+  except Exception as e:
+    raise CheckpointError(f'cannot read the record of checkpoint step {step} in '
+                          f'{mngr.directory}: {e}') from e
+  return dict(out['record'])

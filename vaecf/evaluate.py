@@ -1,0 +1,109 @@
+"""The one evaluator: Recall@K and NDCG@K under the strong-generalisation protocol.
+
+Every model (VAE, DAE, baselines) is scored here through a `score_fn` that maps a
+CSR batch of fold-in rows to dense scores for all items. Only one batch of dense
+scores exists at a time; masking, top-k and the metrics run on the accelerator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+from vaecf import sparse
+
+ScoreFn = Callable[[sp.csr_matrix], 'jax.Array | np.ndarray']
+DEFAULT_METRICS = (('recall', 20), ('recall', 50), ('ndcg', 100))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+  """Per-user metric values for the users that have targets (`rows` index them)."""
+  per_user: dict[str, np.ndarray]
+  rows: np.ndarray
+
+  @property
+  def n_users(self) -> int:
+    return len(self.rows)
+
+  def mean(self, name: str) -> float:
+    return float(np.mean(self.per_user[name]))
+
+  def stderr(self, name: str) -> float:
+    v = self.per_user[name]
+    return float(np.std(v) / np.sqrt(len(v)))
+
+  def summary(self) -> dict[str, float]:
+    """{'ndcg@100': mean, 'ndcg@100_se': standard error, ...}."""
+    out = {}
+    for name in self.per_user:
+      out[name] = self.mean(name)
+      out[name + '_se'] = self.stderr(name)
+    return out
+
+
+def metric_name(kind: str, k: int) -> str:
+  return f'{kind}@{k}'
+
+
+@functools.partial(jax.jit, static_argnames=('metrics',))
+def batch_metrics(scores_BxI, fold_idx_BxL, fold_val_BxL, tgt_idx_BxT, tgt_val_BxT,
+                  metrics: tuple[tuple[str, int], ...]):
+  """Per-user metrics for one batch; fold-in items are excluded from the ranking."""
+  b, n_items = scores_BxI.shape
+  rows = jnp.arange(b)[:, None]
+  scores = scores_BxI.astype(jnp.float32)
+  fold_cols = jnp.where(fold_val_BxL > 0, fold_idx_BxL, n_items)  # padding -> dropped
+  scores = scores.at[rows, fold_cols].set(-jnp.inf, mode='drop')
+  k_max = min(max(k for _, k in metrics), n_items)
+  _, top_BxK = jax.lax.top_k(scores, k_max)
+  tgt_cols = jnp.where(tgt_val_BxT > 0, tgt_idx_BxT, n_items)
+  is_tgt = jnp.zeros((b, n_items), jnp.bool_).at[rows, tgt_cols].set(True, mode='drop')
+  hits = jnp.take_along_axis(is_tgt, top_BxK, axis=1).astype(jnp.float32)
+  n_tgt = (tgt_val_BxT > 0).sum(axis=1)
+  discount = 1.0 / jnp.log2(jnp.arange(2, k_max + 2, dtype=jnp.float32))
+  out = {}
+  for kind, k in metrics:
+    kk = min(k, n_items)
+    if kind == 'recall':
+      out[metric_name(kind, k)] = hits[:, :kk].sum(1) / jnp.maximum(jnp.minimum(k, n_tgt), 1)
+    elif kind == 'ndcg':
+      dcg = (hits[:, :kk] * discount[:kk]).sum(1)
+      # The same reduction as DCG, so a perfect ranking gives exactly 1.
+      ideal = (jnp.arange(kk)[None, :] < n_tgt[:, None]).astype(jnp.float32)
+      idcg = (ideal * discount[:kk]).sum(1)
+      out[metric_name(kind, k)] = dcg / jnp.maximum(idcg, 1e-12)
+    else:
+      raise ValueError(f'unknown metric {kind!r}: use recall or ndcg')
+  return out
+
+
+def evaluate(score_fn: ScoreFn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, *,
+             metrics: Sequence[tuple[str, int]] = DEFAULT_METRICS,
+             batch_size: int = 2000) -> EvalResult:
+  """Scores every held-out user with targets; users without targets are left out."""
+  if fold_in.shape != targets.shape:
+    raise ValueError(f'fold-in {fold_in.shape} and targets {targets.shape} differ in shape')
+  metrics = tuple((str(kind), int(k)) for kind, k in metrics)
+  n_tgt = np.diff(targets.indptr)
+  keep = np.flatnonzero(n_tgt > 0)
+  fold_in, targets = fold_in[keep], targets[keep]
+  per_user = {metric_name(kind, k): [] for kind, k in metrics}
+  batch_size = max(1, min(batch_size, max(len(keep), 1)))
+  for start, stop, fold_b in sparse.batches(fold_in, batch_size):
+    scores = score_fn(fold_b)
+    if scores.shape != fold_b.shape:
+      raise ValueError(f'score_fn returned shape {scores.shape}, expected {fold_b.shape}')
+    f_idx, f_val = sparse.to_padded(fold_b)
+    t_idx, t_val = sparse.to_padded(sparse.pad_rows(targets[start:stop], batch_size))
+    vals = jax.device_get(batch_metrics(scores, f_idx, f_val, t_idx, t_val, metrics))
+    for name, v in vals.items():
+      per_user[name].append(np.asarray(v)[:stop - start])
+  per_user = {k: (np.concatenate(v) if v else np.zeros(0, np.float32))
+              for k, v in per_user.items()}
+  return EvalResult(per_user=per_user, rows=keep)

@@ -1,0 +1,97 @@
+"""Model registry: a name in the config picks a factory that returns a `Model`.
+
+A `Model` is a bundle of pure functions; the trainer, the evaluator and the
+recommender only ever call these. Experiments add a model by calling `register`
+in their own module (named by `config.model.module`), without editing vaecf/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+from vaecf.models import dae, nn, vae
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """Pure functions of one model.
+
+  init(key) -> params
+  loss(params, x, key, beta) -> (per-user loss [B], {name: per-user [B]})
+  score(params, x) -> logits [B, I] (evaluation mode)
+  penalty(params) -> scalar added once per step (e.g. lam * sum ||W||^2)
+  """
+  name: str
+  init: Callable
+  loss: Callable
+  score: Callable
+  penalty: Callable = lambda params: jnp.zeros(())
+  uses_beta: bool = False
+
+
+_FACTORIES: dict[str, Callable[[Any, int], Model]] = {}
+
+
+def register(name: str):
+  """Decorator: `@register('mymodel') def make(config, n_items) -> Model`."""
+  def wrap(factory):
+    _FACTORIES[name] = factory
+    return factory
+  return wrap
+
+
+def available() -> list[str]:
+  return sorted(_FACTORIES)
+
+
+def build(config, n_items: int) -> Model:
+  name = config.model.name
+  if name not in _FACTORIES:
+    raise ValueError(f'unknown model {name!r}; registered: {available()} '
+                     '(an experiment registers its own via config.model.module)')
+  return _FACTORIES[name](config, n_items)
+
+
+def _dtype(config):
+  return None if config.model.compute_dtype == 'float32' else jnp.dtype(config.model.compute_dtype)
+
+
+def hidden_dims(config, default):
+  return tuple(default if config.model.hidden_dims is None else config.model.hidden_dims)
+
+
+@register('multvae')
+def _multvae(config, n_items: int) -> Model:
+  m, dt = config.model, _dtype(config)
+  dims = hidden_dims(config, (600,))
+  lam = 0.0 if m.weight_decay is None else m.weight_decay
+  return Model(
+      name='multvae',
+      init=lambda key: vae.init(key, n_items, dims, m.latent_dim),
+      loss=functools.partial(vae.loss, dropout_rate=m.dropout_rate,
+                             likelihood=m.likelihood, dtype=dt),
+      score=functools.partial(vae.score, dtype=dt),
+      penalty=lambda p: lam * nn.l2_penalty(p),
+      uses_beta=True)
+
+
+@register('multdae')
+def _multdae(config, n_items: int) -> Model:
+  m, dt = config.model, _dtype(config)
+  dims = hidden_dims(config, ())
+  # The authors' lam = 0.01 / batch_size on sum ||W||^2 (weights only).
+  lam = 0.01 / config.train.batch_size if m.weight_decay is None else m.weight_decay
+  return Model(
+      name='multdae',
+      init=lambda key: dae.init(key, n_items, dims, m.latent_dim),
+      loss=functools.partial(dae.loss, dropout_rate=m.dropout_rate,
+                             likelihood=m.likelihood, dtype=dt),
+      score=functools.partial(dae.score, dtype=dt),
+      penalty=lambda p: lam * nn.l2_penalty(p))
+
+

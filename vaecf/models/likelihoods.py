@@ -1,0 +1,47 @@
+"""Per-user log-likelihoods log p(x_u | logits_u) for a binary click row, from sparse x.
+
+Each is written as (sum over the user's nonzeros) + (sum over all items of a term
+that does not depend on x), so the dense x is never built; for binary x these
+equal the dense formulas of PAPER.md exactly.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vaecf.models.nn import gather_logits
+from vaecf.sparse import SparseRows
+
+
+def _per_user_nnz_sum(values, x: SparseRows):
+  return jax.ops.segment_sum(values, x.rows, num_segments=x.n_users)
+
+
+def multinomial(logits_BxI, x: SparseRows):
+  """sum_i x_ui log softmax(logits_u)_i."""
+  lse_B = jax.nn.logsumexp(logits_BxI, axis=1)
+  picked = _per_user_nnz_sum(x.vals * gather_logits(logits_BxI, x), x)
+  return picked - _per_user_nnz_sum(x.vals, x) * lse_B
+
+
+def gaussian(logits_BxI, x: SparseRows):
+  """-1/2 sum_i (x_ui - logits_ui)^2: unit variance, no confidence weights."""
+  l = gather_logits(logits_BxI, x)
+  cross = _per_user_nnz_sum(x.vals * (x.vals - 2.0 * l), x)  # x^2 - 2 x l on nonzeros
+  return -0.5 * (jnp.sum(jnp.square(logits_BxI), axis=1) + cross)
+
+
+def logistic(logits_BxI, x: SparseRows):
+  """sum_i x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = sum_nnz x l - sum_i softplus(l)."""
+  l = gather_logits(logits_BxI, x)
+  return _per_user_nnz_sum(x.vals * l, x) - jnp.sum(jax.nn.softplus(logits_BxI), axis=1)
+
+
+LIKELIHOODS = {'multinomial': multinomial, 'gaussian': gaussian, 'logistic': logistic}
+
+
+def get(name: str):
+  try:
+    return LIKELIHOODS[name]
+  except KeyError:
+    raise ValueError(f'unknown likelihood {name!r}; choose from {sorted(LIKELIHOODS)}') from None

@@ -1,0 +1,89 @@
+"""Layer pieces shared by the models: init, dense layers, the sparse first layer.
+
+Parameters are plain dicts {'w': [in, out], 'b': [out]} so any model is a pytree
+that optax, orbax and jax.vmap handle without adapters.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vaecf.sparse import SparseRows
+
+Params = dict
+
+
+def init_dense(key, d_in: int, d_out: int, bias_std: float = 0.001) -> Params:
+  """Glorot-uniform weights, truncated-normal(0.001) biases, as the authors' code."""
+  kw, kb = jax.random.split(key)
+  w = jax.nn.initializers.glorot_uniform()(kw, (d_in, d_out), jnp.float32)
+  b = bias_std * jax.random.truncated_normal(kb, -2.0, 2.0, (d_out,), jnp.float32)
+  return {'w': w, 'b': b}
+
+
+def init_mlp(key, dims: Sequence[int]) -> list[Params]:
+  keys = jax.random.split(key, len(dims) - 1)
+  return [init_dense(k, a, b) for k, a, b in zip(keys, dims[:-1], dims[1:])]
+
+
+def dense(p: Params, x, dtype=None):
+  w = p['w'] if dtype is None else p['w'].astype(dtype)
+  x = x if dtype is None else x.astype(dtype)
+  return (x @ w).astype(jnp.float32) + p['b']
+
+
+def mlp(layers: Sequence[Params], h, *, final_activation: bool = False, dtype=None):
+  """tanh between layers (and after the last when asked), as the paper's networks."""
+  for i, p in enumerate(layers):
+    h = dense(p, h, dtype)
+    if i < len(layers) - 1 or final_activation:
+      h = jnp.tanh(h)
+  return h
+
+
+def keyed_uniform(key, a, b):
+  """U[0,1) per (a, b) pair: the same draw whatever the batch layout or sharding."""
+  ab = a.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) + b.astype(jnp.uint32)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ab.reshape(-1))
+  return jax.vmap(jax.random.uniform)(keys).reshape(a.shape)
+
+
+def normalized_input(x: SparseRows, key=None, dropout_rate: float = 0.0):
+  """Per-nonzero input values after row L2-normalisation and inverted dropout.
+
+  Dropout on the zero entries of a dense input changes nothing, so dropping
+  nonzeros is the paper's input dropout. An empty row stays zero (no NaN).
+  """
+  n = x.n_users
+  sq = jax.ops.segment_sum(x.vals * x.vals, x.rows, num_segments=n)
+  inv_norm = jax.lax.rsqrt(jnp.maximum(sq, 1e-12))  # tf.nn.l2_normalize's epsilon
+  v = x.vals * jnp.take(inv_norm, x.rows, mode='fill', fill_value=0.0)
+  if key is not None and dropout_rate > 0.0:
+    pos = jnp.take(x.user_pos, x.rows, mode='fill', fill_value=0)
+    keep = keyed_uniform(key, pos, x.cols) >= dropout_rate
+    v = jnp.where(keep, v / (1.0 - dropout_rate), 0.0)
+  return v
+
+
+def sparse_dense(p: Params, x: SparseRows, values, dtype=None):
+  """values-weighted sum of rows of W (a gather and a segment sum) plus bias.
+
+  Equals dense_input @ W + b without ever building the dense users x items input.
+  """
+  w = p['w'] if dtype is None else p['w'].astype(dtype)
+  rows_NxH = jnp.take(w, x.cols, axis=0) * values[:, None].astype(w.dtype)
+  h = jax.ops.segment_sum(rows_NxH, x.rows, num_segments=x.n_users)
+  return h.astype(jnp.float32) + p['b']
+
+
+def gather_logits(logits_BxI, x: SparseRows):
+  """logits[row, col] for each nonzero (0 for padding)."""
+  return logits_BxI.at[x.rows, x.cols].get(mode='fill', fill_value=0.0)
+
+
+def l2_penalty(layers) -> jax.Array:
+  """sum ||W||^2 over weight matrices (biases excluded), as the authors' regulariser."""
+  return sum(jnp.sum(jnp.square(p['w'])) for p in jax.tree.leaves(
+      layers, is_leaf=lambda t: isinstance(t, dict) and 'w' in t))
