@@ -127,6 +127,24 @@ def test_delimited_string_ids_and_no_header(tmp_path):
         [1, 3], [2, 4], [1, 1])
 
 
+def test_delimited_ids_stay_text_if_any_is_not_an_integer(tmp_path, monkeypatch):
+  monkeypatch.setattr(readers, '_CHUNK', 8)  # the string id sits in a later block
+  f = write(tmp_path / 'x.tsv', '007\t1\n8\t2\n9\t3\nabc\t4\n')
+  inter = readers.read_delimited(f, user_col=0, item_col=1, delimiter='\t')
+  check(inter, ['007', '8', '9', 'abc'], [1, 2, 3, 4], [1, 1, 1, 1])
+  assert inter.items.dtype == np.int64
+
+
+def test_delimited_bad_value_and_field_count(tmp_path):
+  f = write(tmp_path / 'x.csv', 'user,item,weight\nu1,i1,2\nu2,i2,heavy\n')
+  with pytest.raises(DataError, match=r"x\.csv, line 3: weight 'heavy' is not a finite number"):
+    readers.read_delimited(f, user_col='user', item_col='item', value_col='weight')
+  f = write(tmp_path / 'y.csv', 'u1,i1,2\nu2,i2\n')
+  with pytest.raises(DataError, match=r"y\.csv, line 2: expected 3 fields \(column 0, column 1, "
+                     r"column 2\) separated by ','"):
+    readers.read_delimited(f, user_col=0, item_col=1)
+
+
 def test_delimited_unknown_column(tmp_path):
   f = write(tmp_path / 'x.csv', 'a,b\n1,2\n')
   with pytest.raises(DataError, match=r"no column named 'user'.*\['a', 'b'\]"):

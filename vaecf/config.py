@@ -54,6 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_latest = 1  # checkpoints kept besides the best
   c.train.log_every_steps = 0  # 0: one console line per epoch only
 
+  c.sweep = ml_collections.ConfigDict()
+  # Parallel beta sweep (experiments/sweep_beta.py): one model per value, trained at once.
+  c.sweep.mode = 'cap'  # cap: anneal to each cap | constant: fixed beta | anneal_steps
+  c.sweep.caps = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)  # the values swept, whatever the mode
+
   c.distributed = ml_collections.ConfigDict()
   c.distributed.initialize = False  # jax.distributed.initialize() before anything
   c.distributed.coordinator_address = ''  # '' lets JAX detect it (SLURM, TPU, ...)

@@ -333,6 +333,11 @@ def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
     except DataError:
       if ids == 'O':
         raise
+  for i in (0, 1):  # after the text pass: a column of integers is still int64
+    try:
+      out[i] = out[i].astype(np.int64)
+    except (ValueError, OverflowError):
+      pass
   values = out[2] if value_col is not None else np.ones(len(out[0]), np.float32)
   return Interactions(out[0], out[1], values, str(path))
 
