@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.likelihood = 'multinomial'  # multinomial | gaussian | logistic
   c.model.weight_decay = config_dict.placeholder(float)  # None: 0 VAE, 0.01/batch DAE
   c.model.compute_dtype = 'float32'  # bfloat16 for matmuls on accelerators
+  c.model.input_layer = 'sparse'  # sparse: gather-sum from item ids | dense: [B, I] matmul
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 98765

@@ -89,3 +89,30 @@ class Workdir:
 def read_metrics(path: str | Path) -> list[dict]:
   file = Path(path) / 'metrics.jsonl'
   return [json.loads(l) for l in file.read_text().splitlines() if l.strip()]
+
+
+def load_config(path: str | Path):
+  """The config of the run in `path`, on top of today's defaults.
+
+  Keys added to vaecf after the run was made take their default value, and
+  JSON lists come back as tuples where the default is a tuple.
+  """
+  from vaecf.config import base_config
+  saved = json.loads((Path(path) / 'config.json').read_text())
+  config = base_config()
+
+  def merge(dst, src, prefix=''):
+    for k, v in src.items():
+      if isinstance(v, dict) and k in dst:
+        merge(dst[k], v, f'{prefix}{k}.')
+      elif k in dst:
+        default = dst[k]
+        if isinstance(v, list) and (isinstance(default, tuple) or default is None):
+          v = tuple(v)
+        with dst.ignore_type():
+          dst[k] = v
+      else:
+        with dst.unlocked():
+          dst[k] = v  # an experiment's own key: kept as saved
+  merge(config, saved)
+  return config

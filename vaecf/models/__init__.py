@@ -61,28 +61,33 @@ def _dtype(config):
   return None if config.model.compute_dtype == 'float32' else jnp.dtype(config.model.compute_dtype)
 
 
+def _common(config) -> dict:
+  """Keyword arguments the built-in models' loss and score share."""
+  return dict(dtype=_dtype(config), input_layer=config.model.input_layer)
+
+
 def hidden_dims(config, default):
   return tuple(default if config.model.hidden_dims is None else config.model.hidden_dims)
 
 
 @register('multvae')
 def _multvae(config, n_items: int) -> Model:
-  m, dt = config.model, _dtype(config)
+  m = config.model
   dims = hidden_dims(config, (600,))
   lam = 0.0 if m.weight_decay is None else m.weight_decay
   return Model(
       name='multvae',
       init=lambda key: vae.init(key, n_items, dims, m.latent_dim),
       loss=functools.partial(vae.loss, dropout_rate=m.dropout_rate,
-                             likelihood=m.likelihood, dtype=dt),
-      score=functools.partial(vae.score, dtype=dt),
+                             likelihood=m.likelihood, **_common(config)),
+      score=functools.partial(vae.score, **_common(config)),
       penalty=lambda p: lam * nn.l2_penalty(p),
       uses_beta=True)
 
 
 @register('multdae')
 def _multdae(config, n_items: int) -> Model:
-  m, dt = config.model, _dtype(config)
+  m = config.model
   dims = hidden_dims(config, ())
   # The authors' lam = 0.01 / batch_size on sum ||W||^2 (weights only).
   lam = 0.01 / config.train.batch_size if m.weight_decay is None else m.weight_decay
@@ -90,8 +95,8 @@ def _multdae(config, n_items: int) -> Model:
       name='multdae',
       init=lambda key: dae.init(key, n_items, dims, m.latent_dim),
       loss=functools.partial(dae.loss, dropout_rate=m.dropout_rate,
-                             likelihood=m.likelihood, dtype=dt),
-      score=functools.partial(dae.score, dtype=dt),
+                             likelihood=m.likelihood, **_common(config)),
+      score=functools.partial(dae.score, **_common(config)),
       penalty=lambda p: lam * nn.l2_penalty(p))
 
 

@@ -78,6 +78,25 @@ def sparse_dense(p: Params, x: SparseRows, values, dtype=None):
   return h.astype(jnp.float32) + p['b']
 
 
+def dense_input_layer(p: Params, x: SparseRows, values, dtype=None):
+  """The same layer from a dense [B, I] input built on device (the classic way).
+
+  Kept for benchmarks and for data dense enough that a plain matmul wins.
+  """
+  n_items = p['w'].shape[0]
+  dense_BxI = jnp.zeros((x.n_users, n_items), jnp.float32).at[x.rows, x.cols].add(
+      values, mode='drop')
+  return dense(p, dense_BxI, dtype)
+
+
+def first_layer(kind: str):
+  if kind == 'sparse':
+    return sparse_dense
+  if kind == 'dense':
+    return dense_input_layer
+  raise ValueError(f"unknown model.input_layer {kind!r}: use 'sparse' or 'dense'")
+
+
 def gather_logits(logits_BxI, x: SparseRows):
   """logits[row, col] for each nonzero (0 for padding)."""
   return logits_BxI.at[x.rows, x.cols].get(mode='fill', fill_value=0.0)

@@ -16,11 +16,12 @@ def init(key, n_items: int, hidden_dims=(600,), latent_dim: int = 200) -> nn.Par
   return {'encoder': nn.init_mlp(k_enc, enc), 'decoder': nn.init_mlp(k_dec, dec)}
 
 
-def encode(params, x: SparseRows, key=None, *, dropout_rate: float = 0.5, dtype=None):
+def encode(params, x: SparseRows, key=None, *, dropout_rate: float = 0.5, dtype=None,
+           input_layer: str = 'sparse'):
   """(mu_BxK, logvar_BxK); `key=None` is evaluation mode (no dropout)."""
   layers = params['encoder']
   v = nn.normalized_input(x, key, dropout_rate)
-  h = nn.sparse_dense(layers[0], x, v, dtype)
+  h = nn.first_layer(input_layer)(layers[0], x, v, dtype)
   if len(layers) > 1:
     h = nn.mlp(layers[1:], jnp.tanh(h), dtype=dtype)
   mu, logvar = jnp.split(h, 2, axis=1)
@@ -44,17 +45,18 @@ def kl_divergence(mu_BxK, logvar_BxK):
 
 
 def loss(params, x: SparseRows, key, beta, *, dropout_rate: float = 0.5,
-         likelihood: str = 'multinomial', dtype=None):
+         likelihood: str = 'multinomial', dtype=None, input_layer: str = 'sparse'):
   """Per-user negative ELBO terms: (nll_B + beta * kl_B, {'nll': nll_B, 'kl': kl_B})."""
   k_drop, k_eps = jax.random.split(key)
-  mu, logvar = encode(params, x, k_drop, dropout_rate=dropout_rate, dtype=dtype)
+  mu, logvar = encode(params, x, k_drop, dropout_rate=dropout_rate, dtype=dtype,
+                      input_layer=input_layer)
   z = sample(k_eps, mu, logvar, x.user_pos)
   nll = -likelihoods.get(likelihood)(decode(params, z, dtype=dtype), x)
   kl = kl_divergence(mu, logvar)
   return nll + beta * kl, {'nll': nll, 'kl': kl}
 
 
-def score(params, x: SparseRows, *, dtype=None):
+def score(params, x: SparseRows, *, dtype=None, input_layer: str = 'sparse'):
   """Logits for all items from the posterior mean (the paper's fold-in)."""
-  mu, _ = encode(params, x, None, dtype=dtype)
+  mu, _ = encode(params, x, None, dtype=dtype, input_layer=input_layer)
   return decode(params, mu, dtype=dtype)
