@@ -15,7 +15,7 @@ import re
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 
@@ -125,7 +125,8 @@ def _fields_error(fields: list[bytes], columns: list, layout: str) -> str | None
   return None
 
 
-def _explain(path: Path, before: int, text: bytes, why) -> DataError:
+def _explain(path: Path, before: int, text: bytes,
+             why: Callable[[bytes], str | None]) -> DataError:
   """The error for the first line of a rejected block that `why` faults.
 
   Runs only after numpy refused the block, so a Python loop is fine here.
@@ -238,7 +239,9 @@ def read_msd_triplets(path: PathLike) -> Interactions:
 _NETFLIX_ROW = [('CustomerID', 'i8'), ('Rating', 'f8'), ('Date', 'O')]
 
 
-def _netflix_error(path: Path, before: int, text: bytes, movie) -> DataError:
+def _netflix_error(path: Path, before: int, text: bytes,
+                   movie: int | bytes | None) -> DataError:
+  """Names the first bad line of a Netflix block numpy refused."""
   def why(line: bytes) -> str | None:
     nonlocal movie
     if line.endswith(b':'):
