@@ -83,8 +83,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, embedded_split):
   assert resumed['best_epoch'] == full['best_epoch']
   assert resumed['test'] == pytest.approx(full['test'], rel=1e-5)
   def last_params(wd):
-    mngr = checkpoints.manager(wd)
-    return mngr.restore(mngr.latest_step())['state']['params']
+    return checkpoints.load_state(wd)[0]['params']
   _leaves_close(last_params(tmp_path / 'full'), last_params(tmp_path / 'resumed'))
   lines = (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()
   assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3, 4]
@@ -96,7 +95,7 @@ def test_best_checkpoint_restores_and_scores_the_same(tmp_path, embedded_split):
   model = models.build(c, embedded_split.n_items)
   mngr = checkpoints.manager(tmp_path / 'wd')
   assert res['best_epoch'] in mngr.all_steps()
-  params = mngr.restore(res['best_epoch'])['state']['params']
+  params = checkpoints.load_state(tmp_path / 'wd', res['best_epoch'])[0]['params']
   mesh = steps.make_mesh()
   for_params, batch = train.make_scorer(model, mesh, 2000)
   val = train.evaluate_params(for_params, batch, params, embedded_split, 'val')
@@ -124,7 +123,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, embedde
     train.train_and_evaluate(c, wd, split=embedded_split)
   mngr = checkpoints.manager(wd)
   assert mngr.all_steps() == [1]
-  assert np.isfinite(jax.tree.leaves(mngr.restore(1)['state']['params'])[0]).all()
+  assert np.isfinite(jax.tree.leaves(checkpoints.load_state(wd, 1)[0]['params'])[0]).all()
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, embedded_split):

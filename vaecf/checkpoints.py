@@ -62,3 +62,24 @@ def record_at(mngr: ocp.CheckpointManager, step: int) -> dict:
     raise CheckpointError(f'cannot read the record of checkpoint step {step} in '
                           f'{mngr.directory}: {e}') from e
   return dict(out['record'])
+
+
+def load_state(workdir: str | Path, step: int | None = None, device=None) -> tuple[Any, dict]:
+  """(state, record) of a step (default: the latest) on one local device.
+
+  Needs no model code and works whatever topology saved it (another device
+  count, several processes): the target shapes come from the checkpoint itself.
+  """
+  mngr = manager(workdir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f'no checkpoint in {Path(workdir) / "checkpoints"}')
+  device = device or jax.local_devices()[0]
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  try:
+    meta = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(step) / 'state')
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                            dict(meta.item_metadata.tree))
+  except Exception as e:
+    raise CheckpointError(f'cannot read checkpoint step {step} in {mngr.directory}: {e}') from e
+  return restore(mngr, step, abstract)

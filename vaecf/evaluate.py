@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import scipy.sparse as sp
 
@@ -101,7 +102,10 @@ def evaluate(score_fn: ScoreFn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, 
       raise ValueError(f'score_fn returned shape {scores.shape}, expected {fold_b.shape}')
     f_idx, f_val = sparse.to_padded(fold_b)
     t_idx, t_val = sparse.to_padded(sparse.pad_rows(targets[start:stop], batch_size))
-    vals = jax.device_get(batch_metrics(scores, f_idx, f_val, t_idx, t_val, metrics))
+    vals = batch_metrics(scores, f_idx, f_val, t_idx, t_val, metrics)
+    if jax.process_count() > 1:  # per-user values live on every process's devices
+      vals = multihost_utils.process_allgather(vals, tiled=True)
+    vals = jax.device_get(vals)
     for name, v in vals.items():
       per_user[name].append(np.asarray(v)[:stop - start])
   per_user = {k: (np.concatenate(v) if v else np.zeros(0, np.float32))
