@@ -127,9 +127,9 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
     eta = np.mean(epoch_times[-5:]) * (epochs - epoch)
     val_txt = (f'val ndcg@100 {val_ndcg:.4f} (best {best[checkpoints.BEST_METRIC]:.4f} @ '
                f'{best["epoch"]})' if val_ndcg is not None else 'no eval')
-    logging.info('epoch %d/%d step %d | loss %.2f kl %.2f beta %.4f | %s | %.0f users/s '
-                 '%.1fs/epoch | ETA %s', epoch, epochs, step, train['loss'],
-                 train.get('kl', 0.0), train['beta'], val_txt, row['users_per_s'],
+    kl_txt = f" kl {train.get('kl', 0.0):.2f} beta {train['beta']:.4f}" if model.uses_beta else ''
+    logging.info('epoch %d/%d step %d | loss %.2f%s | %s | %.0f users/s %.1fs/epoch | ETA %s',
+                 epoch, epochs, step, train['loss'], kl_txt, val_txt, row['users_per_s'],
                  row['seconds'], _fmt_time(eta))
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
       mngr.wait_until_finished()
