@@ -66,6 +66,13 @@ def _common(config) -> dict:
   return dict(dtype=_dtype(config), input_layer=config.model.input_layer)
 
 
+def weight_penalty(lam: float):
+  """lam * sum ||W||^2; exactly nothing when lam == 0 (XLA cannot drop 0 * x itself)."""
+  if not lam:
+    return lambda params: jnp.zeros(())
+  return lambda params: lam * nn.l2_penalty(params)
+
+
 def hidden_dims(config, default):
   return tuple(default if config.model.hidden_dims is None else config.model.hidden_dims)
 
@@ -81,7 +88,7 @@ def _multvae(config, n_items: int) -> Model:
       loss=functools.partial(vae.loss, dropout_rate=m.dropout_rate,
                              likelihood=m.likelihood, **_common(config)),
       score=functools.partial(vae.score, **_common(config)),
-      penalty=lambda p: lam * nn.l2_penalty(p),
+      penalty=weight_penalty(lam),
       uses_beta=True)
 
 
