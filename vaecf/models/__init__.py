@@ -104,6 +104,6 @@ def _multdae(config, n_items: int) -> Model:
       loss=functools.partial(dae.loss, dropout_rate=m.dropout_rate,
                              likelihood=m.likelihood, **_common(config)),
       score=functools.partial(dae.score, **_common(config)),
-      penalty=lambda p: lam * nn.l2_penalty(p))
+      penalty=weight_penalty(lam))
 
 
