@@ -64,6 +64,7 @@ class SparseRows:
   Leading axes are shard-major: with D shards, `rows`/`cols`/`vals` are [D*N] and
   `user_mask`/`user_pos` are [D*B]; inside a shard `rows` index its B users and
   padding nonzeros carry row B (out of range, so segment sums drop them) and value 0.
+  Within a shard `rows` never decreases (the models' segment sums rely on it).
   `user_pos` is each user's position in the global batch: randomness is keyed on it,
   so a sharded step draws exactly what a single-device step draws.
   """

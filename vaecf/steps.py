@@ -7,6 +7,7 @@ GPU or a TPU slice (multi-host included: the mesh spans every process's devices)
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -73,9 +74,19 @@ def put_batch(batch: SparseRows, mesh) -> SparseRows:
       lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
 
 
+def _data_parallel(per_shard, mesh):
+  """shard_map over 'data'; on one device the plain function, which skips a no-op
+  all-reduce of the whole gradient (about 3% of an ML-20M step on a CPU)."""
+  if mesh.devices.size == 1:
+    return functools.partial(per_shard, reduce=False)
+  return jax.shard_map(functools.partial(per_shard, reduce=True), mesh=mesh,
+                       in_specs=(jax.P(), jax.P(AXIS), jax.P(), jax.P(), jax.P()),
+                       out_specs=jax.P())
+
+
 def _grads_fn(model: Model):
   """Per-shard gradient of the batch-mean loss; psum makes it the global mean's."""
-  def per_shard(params, x: SparseRows, key, beta, n_users):
+  def per_shard(params, x: SparseRows, key, beta, n_users, *, reduce: bool):
     def data_loss(p):
       loss_B, aux = model.loss(p, x, key, beta)
       mask = x.user_mask
@@ -84,7 +95,8 @@ def _grads_fn(model: Model):
     (loss, sums), grads = jax.value_and_grad(data_loss, has_aux=True)(params)
     # `params` enter replicated (unvarying over 'data'), so shard_map's autodiff
     # already sums their gradient over devices; only the reported values need psum.
-    loss, sums = jax.lax.psum((loss, sums), AXIS)
+    if reduce:
+      loss, sums = jax.lax.psum((loss, sums), AXIS)
     return loss, sums, grads
   return per_shard
 
@@ -92,10 +104,7 @@ def _grads_fn(model: Model):
 def make_train_step(model: Model, optimizer, mesh, seed: int, *, donate: bool = True):
   """step(state, batch, sched) -> (state, metrics); metrics stay on device."""
   base_key = jax.random.fold_in(jax.random.key(seed), 1)
-  sharded = jax.shard_map(
-      _grads_fn(model), mesh=mesh,
-      in_specs=(jax.P(), jax.P(AXIS), jax.P(), jax.P(), jax.P()),
-      out_specs=jax.P())
+  sharded = _data_parallel(_grads_fn(model), mesh)
 
   def step(state: TrainState, batch: SparseRows, sched) -> tuple[TrainState, dict[str, Any]]:
     beta = beta_at(state['step'], sched)

@@ -39,6 +39,7 @@ def make_scorer(model: models.Model, mesh, eval_batch_size: int):
   score = steps.make_score_fn(model, mesh)
 
   def for_params(params):
+    params = jax.device_put(params, steps.replicated(mesh))  # no-op if already there
     def score_fn(x):
       logits = score(params, input_pipeline.global_batch(x, mesh, -(-x.shape[0] // n)))
       return logits if logits.shape[0] == x.shape[0] else logits[:x.shape[0]]

@@ -14,7 +14,7 @@ from vaecf.sparse import SparseRows
 
 
 def _per_user_nnz_sum(values, x: SparseRows):
-  return jax.ops.segment_sum(values, x.rows, num_segments=x.n_users)
+  return jax.ops.segment_sum(values, x.rows, num_segments=x.n_users, indices_are_sorted=True)
 
 
 def multinomial(logits_BxI, x: SparseRows):

@@ -57,7 +57,7 @@ def normalized_input(x: SparseRows, key=None, dropout_rate: float = 0.0):
   nonzeros is the paper's input dropout. An empty row stays zero (no NaN).
   """
   n = x.n_users
-  sq = jax.ops.segment_sum(x.vals * x.vals, x.rows, num_segments=n)
+  sq = jax.ops.segment_sum(x.vals * x.vals, x.rows, num_segments=n, indices_are_sorted=True)
   inv_norm = jax.lax.rsqrt(jnp.maximum(sq, 1e-12))  # tf.nn.l2_normalize's epsilon
   v = x.vals * jnp.take(inv_norm, x.rows, mode='fill', fill_value=0.0)
   if key is not None and dropout_rate > 0.0:
@@ -74,7 +74,7 @@ def sparse_dense(p: Params, x: SparseRows, values, dtype=None):
   """
   w = p['w'] if dtype is None else p['w'].astype(dtype)
   rows_NxH = jnp.take(w, x.cols, axis=0) * values[:, None].astype(w.dtype)
-  h = jax.ops.segment_sum(rows_NxH, x.rows, num_segments=x.n_users)
+  h = jax.ops.segment_sum(rows_NxH, x.rows, num_segments=x.n_users, indices_are_sorted=True)
   return h.astype(jnp.float32) + p['b']
 
 
