@@ -1,7 +1,6 @@
 """Mult-DAE (PAPER.md): a denoising autoencoder [I -> 200 -> I] with an L2 weight penalty."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from vaecf.models import likelihoods, nn
@@ -9,10 +8,8 @@ from vaecf.sparse import SparseRows
 
 
 def init(key, n_items: int, hidden_dims=(), latent_dim: int = 200) -> nn.Params:
-  k_enc, k_dec = jax.random.split(key)
-  enc = [n_items, *hidden_dims, latent_dim]
-  dec = [latent_dim, *reversed(hidden_dims), n_items]
-  return {'encoder': nn.init_mlp(k_enc, enc), 'decoder': nn.init_mlp(k_dec, dec)}
+  """Encoder [I, *hidden, K] and decoder [K, *reversed(hidden), I]."""
+  return nn.init_autoencoder(key, n_items, hidden_dims, latent_dim, latent_dim)
 
 
 def forward(params, x: SparseRows, key=None, *, dropout_rate: float = 0.5, dtype=None,

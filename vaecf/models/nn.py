@@ -28,6 +28,13 @@ def init_mlp(key, dims: Sequence[int]) -> list[Params]:
   return [init_dense(k, a, b) for k, a, b in zip(keys, dims[:-1], dims[1:])]
 
 
+def init_autoencoder(key, n_items: int, hidden_dims, latent_dim: int, code_dim: int) -> Params:
+  """Encoder [I, *hidden, code_dim] and mirrored decoder [K, *reversed(hidden), I]."""
+  k_enc, k_dec = jax.random.split(key)
+  return {'encoder': init_mlp(k_enc, [n_items, *hidden_dims, code_dim]),
+          'decoder': init_mlp(k_dec, [latent_dim, *reversed(hidden_dims), n_items])}
+
+
 def dense(p: Params, x, dtype=None):
   w = p['w'] if dtype is None else p['w'].astype(dtype)
   x = x if dtype is None else x.astype(dtype)

@@ -9,11 +9,8 @@ from vaecf.sparse import SparseRows
 
 
 def init(key, n_items: int, hidden_dims=(600,), latent_dim: int = 200) -> nn.Params:
-  """Encoder [I, *hidden, 2K] and decoder [K, *reversed(hidden), I]."""
-  k_enc, k_dec = jax.random.split(key)
-  enc = [n_items, *hidden_dims, 2 * latent_dim]
-  dec = [latent_dim, *reversed(hidden_dims), n_items]
-  return {'encoder': nn.init_mlp(k_enc, enc), 'decoder': nn.init_mlp(k_dec, dec)}
+  """Encoder [I, *hidden, 2K] (mu and logvar) and decoder [K, *reversed(hidden), I]."""
+  return nn.init_autoencoder(key, n_items, hidden_dims, latent_dim, 2 * latent_dim)
 
 
 def encode(params, x: SparseRows, key=None, *, dropout_rate: float = 0.5, dtype=None,
