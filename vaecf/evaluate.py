@@ -63,9 +63,13 @@ def batch_metrics(scores_BxI, fold_idx_BxL, fold_val_BxL, tgt_idx_BxT, tgt_val_B
   scores = scores.at[rows, fold_cols].set(-jnp.inf, mode='drop')
   k_max = min(max(k for _, k in metrics), n_items)
   _, top_BxK = jax.lax.top_k(scores, k_max)
-  tgt_cols = jnp.where(tgt_val_BxT > 0, tgt_idx_BxT, n_items)
-  is_tgt = jnp.zeros((b, n_items), jnp.bool_).at[rows, tgt_cols].set(True, mode='drop')
-  hits = jnp.take_along_axis(is_tgt, top_BxK, axis=1).astype(jnp.float32)
+  # Membership of each top-k item in the user's sorted targets by binary search:
+  # no dense [B, I] target mask (padding sorts last as the id n_items).
+  tgt_sorted_BxT = jnp.sort(jnp.where(tgt_val_BxT > 0, tgt_idx_BxT, n_items), axis=1)
+  pos_BxK = jax.vmap(jnp.searchsorted)(tgt_sorted_BxT, top_BxK)
+  found = jnp.take_along_axis(tgt_sorted_BxT, jnp.minimum(pos_BxK, tgt_sorted_BxT.shape[1] - 1),
+                              axis=1)
+  hits = (found == top_BxK).astype(jnp.float32)
   n_tgt = (tgt_val_BxT > 0).sum(axis=1)
   discount = 1.0 / jnp.log2(jnp.arange(2, k_max + 2, dtype=jnp.float32))
   out = {}
