@@ -17,11 +17,32 @@ def _per_user_nnz_sum(values, x: SparseRows):
   return jax.ops.segment_sum(values, x.rows, num_segments=x.n_users, indices_are_sorted=True)
 
 
+@jax.custom_vjp
 def multinomial(logits_BxI, x: SparseRows):
   """sum_i x_ui log softmax(logits_u)_i."""
-  lse_B = jax.nn.logsumexp(logits_BxI, axis=1)
-  picked = _per_user_nnz_sum(x.vals * gather_logits(logits_BxI, x), x)
-  return picked - _per_user_nnz_sum(x.vals, x) * lse_B
+  return _multinomial_fwd(logits_BxI, x)[0]
+
+
+def _multinomial_fwd(logits_BxI, x: SparseRows):
+  # Keeps exp(logits - max) for the backward pass: autodiff of logsumexp would
+  # recompute the [B, I] exponentials, a tenth of an ML-20M step on a CPU.
+  max_Bx1 = jax.lax.stop_gradient(logits_BxI.max(axis=1, keepdims=True))
+  exp_BxI = jnp.exp(logits_BxI - max_Bx1)
+  sum_Bx1 = exp_BxI.sum(axis=1, keepdims=True)
+  lse_B = (max_Bx1 + jnp.log(sum_Bx1))[:, 0]
+  n_B = _per_user_nnz_sum(x.vals, x)
+  picked_B = _per_user_nnz_sum(x.vals * gather_logits(logits_BxI, x), x)
+  return picked_B - n_B * lse_B, (exp_BxI, 1.0 / sum_Bx1, n_B, x)
+
+
+def _multinomial_bwd(res, g_B):
+  exp_BxI, inv_sum_Bx1, n_B, x = res
+  d_BxI = -(g_B * n_B)[:, None] * inv_sum_Bx1 * exp_BxI  # -n g softmax
+  g_nnz = jnp.take(g_B, x.rows, mode='fill', fill_value=0.0) * x.vals
+  return d_BxI.at[x.rows, x.cols].add(g_nnz, mode='drop'), None
+
+
+multinomial.defvjp(_multinomial_fwd, _multinomial_bwd)
 
 
 def gaussian(logits_BxI, x: SparseRows):

@@ -35,10 +35,28 @@ def init_autoencoder(key, n_items: int, hidden_dims, latent_dim: int, code_dim: 
           'decoder': init_mlp(k_dec, [latent_dim, *reversed(hidden_dims), n_items])}
 
 
+@jax.custom_vjp
+def add_bias(h_BxD, b_D):
+  return h_BxD + b_D
+
+
+def _add_bias_fwd(h_BxD, b_D):
+  return h_BxD + b_D, None
+
+
+def _add_bias_bwd(_, g_BxD):
+  # The bias gradient as a matmul with ones: XLA:CPU's default (YNNPACK) lowering
+  # of a column sum took 140 ms for [500, 20108], the matmul takes 4 ms.
+  return g_BxD, jnp.ones((g_BxD.shape[0],), g_BxD.dtype) @ g_BxD
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def dense(p: Params, x, dtype=None):
   w = p['w'] if dtype is None else p['w'].astype(dtype)
   x = x if dtype is None else x.astype(dtype)
-  return (x @ w).astype(jnp.float32) + p['b']
+  return add_bias((x @ w).astype(jnp.float32), p['b'])
 
 
 def mlp(layers: Sequence[Params], h, *, final_activation: bool = False, dtype=None):
@@ -82,7 +100,7 @@ def sparse_dense(p: Params, x: SparseRows, values, dtype=None):
   w = p['w'] if dtype is None else p['w'].astype(dtype)
   rows_NxH = jnp.take(w, x.cols, axis=0) * values[:, None].astype(w.dtype)
   h = jax.ops.segment_sum(rows_NxH, x.rows, num_segments=x.n_users, indices_are_sorted=True)
-  return h.astype(jnp.float32) + p['b']
+  return add_bias(h.astype(jnp.float32), p['b'])
 
 
 def dense_input_layer(p: Params, x: SparseRows, values, dtype=None):
