@@ -35,8 +35,15 @@ def init_autoencoder(key, n_items: int, hidden_dims, latent_dim: int, code_dim: 
           'decoder': init_mlp(k_dec, [latent_dim, *reversed(hidden_dims), n_items])}
 
 
-@jax.custom_vjp
 def add_bias(h_BxD, b_D):
+  """h + b, with the bias gradient computed as a matmul (see _add_bias_bwd)."""
+  # Adding a zero row of h first gives b h's device variance inside shard_map, so
+  # the custom rule's output types match; JAX then sums b's gradient over devices.
+  return _add_bias(h_BxD, b_D + jnp.zeros_like(h_BxD[0]))
+
+
+@jax.custom_vjp
+def _add_bias(h_BxD, b_D):
   return h_BxD + b_D
 
 
@@ -50,7 +57,7 @@ def _add_bias_bwd(_, g_BxD):
   return g_BxD, jnp.ones((g_BxD.shape[0],), g_BxD.dtype) @ g_BxD
 
 
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def dense(p: Params, x, dtype=None):
