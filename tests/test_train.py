@@ -159,3 +159,17 @@ def test_short_run_on_ml100k_beats_popularity(tmp_path, shared_data):
   pop = evaluate.evaluate(lambda x: np.tile(popularity, (x.shape[0], 1)), split.val_tr,
                           split.val_te)
   assert res['val_ndcg@100'] > pop.mean('ndcg@100') + 0.02, (res, pop.summary())
+
+
+def test_tied_validation_keeps_the_epoch_the_trainer_restores(tmp_path):
+  from vaecf import checkpoints as ck
+  mngr = ck.manager(tmp_path, keep_latest=1)
+  state = {'w': np.zeros(3, np.float32)}
+  best = {'epoch': 0}
+  for epoch, val in enumerate([0.1, 0.3, 0.3, 0.2], start=1):
+    if val > best.get('v', -1):
+      best = {'epoch': epoch, 'v': val}
+    ck.save(mngr, epoch, {'w': np.full(3, epoch, np.float32)}, {'best': best}, val)
+    mngr.wait_until_finished()
+  assert sorted(mngr.all_steps()) == [2, 4]  # the first of the tied epochs, and the latest
+  assert ck.load_state(tmp_path, 2)[0]['w'][0] == 2

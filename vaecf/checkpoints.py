@@ -19,12 +19,24 @@ class CheckpointError(RuntimeError):
   """A checkpoint that exists but cannot be read; nothing on disk is touched."""
 
 
+class KeepRecordedBest(pp.PreservationPolicy):
+  """Keeps the step that the newest checkpoint records as the best so far.
+
+  The trainer decides (the first epoch reaching the top validation NDCG wins);
+  ranking by the metric here instead could keep another epoch of a tie and
+  delete the one the trainer will restore.
+  """
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    best = None
+    for c in sorted(checkpoints, key=lambda c: c.step):
+      if c.metrics and 'best_epoch' in c.metrics:
+        best = int(c.metrics['best_epoch'])
+    return [c.step == best for c in checkpoints]
+
+
 def manager(workdir: str | Path, keep_latest: int = 1) -> ocp.CheckpointManager:
-  policy = pp.AnyPreservationPolicy([
-      pp.LatestN(n=max(1, keep_latest)),
-      pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
-               keep_checkpoints_without_metrics=False),
-  ])
+  policy = pp.AnyPreservationPolicy([pp.LatestN(n=max(1, keep_latest)), KeepRecordedBest()])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                          cleanup_tmp_directories=True)
   return ocp.CheckpointManager(Path(workdir).resolve() / 'checkpoints', options=options)
@@ -32,7 +44,10 @@ def manager(workdir: str | Path, keep_latest: int = 1) -> ocp.CheckpointManager:
 
 def save(mngr: ocp.CheckpointManager, step: int, state, record: dict[str, Any],
          val_metric: float | None) -> None:
-  metrics = None if val_metric is None else {BEST_METRIC: float(val_metric)}
+  """Saves `state` at `step` (an epoch); record['best']['epoch'] is kept on disk."""
+  metrics = {'best_epoch': int(record['best']['epoch'])}
+  if val_metric is not None:
+    metrics[BEST_METRIC] = float(val_metric)
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           record=ocp.args.JsonSave(record)),
             metrics=metrics)
