@@ -1,0 +1,106 @@
+"""The paper's procedure for choosing beta, automated.
+
+  python -m experiments.select_beta --config=configs/ml1m.py \
+      --config.data.path=/path/to/ml-1m --workdir=DIR
+
+1. DIR/anneal: beta annealed linearly from 0 to 1 over the whole run
+   (train.anneal_cap=1, train.total_anneal_steps = epochs * steps per epoch).
+2. The beta at the epoch of best validation NDCG@100 becomes the cap.
+3. DIR/retrain: the same run with that cap. Beta rises with the same slope as in
+   step 1 and stays at the cap from the epoch where it was found best on.
+DIR/select_beta.json holds the choice, the retrained model's test metrics and the
+validation curve; the plots are DIR/anneal_val_ndcg_epoch.png and _beta.png.
+Both runs resume after a kill (rerun the same command).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from absl import app, flags, logging as absl_logging
+from ml_collections import config_flags
+
+from vaecf import checkpoints, plots, train
+from vaecf.data import load_split
+from vaecf.workdir import read_metrics
+
+flags.DEFINE_string('workdir', None, 'Directory for both runs and the report.')
+config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def best_row(rows: list[dict], metric: str = checkpoints.BEST_METRIC) -> dict:
+  """The epoch row with the highest validation metric (the first of ties)."""
+  scored = [r for r in rows if r.get(metric) is not None]
+  if not scored:
+    raise ValueError(f'no row holds {metric!r}: no validation pass ran')
+  return max(scored, key=lambda r: r[metric])
+
+
+def annealing_config(config, n_train: int):
+  """beta = step / total_steps up to 1 at the run's last step."""
+  c = config.copy_and_resolve_references()
+  c.train.anneal_cap = 1.0
+  c.train.constant_beta = None
+  c.train.total_anneal_steps = config.train.epochs * math.ceil(n_train /
+                                                               config.train.batch_size)
+  return c
+
+
+def run(config, workdir: str | Path, *, split=None) -> dict:
+  workdir = Path(workdir)
+  if split is None:
+    split, _ = load_split(config.data)
+  anneal_cfg = annealing_config(config, split.train.shape[0])
+  anneal = train.train_and_evaluate(anneal_cfg, workdir / 'anneal', split=split)
+  curve = read_metrics(workdir / 'anneal')
+  chosen = best_row(curve)
+  logging.info('selected beta %.4f (epoch %d, val ndcg@100 %.4f)', chosen['beta'],
+               chosen['epoch'], chosen[checkpoints.BEST_METRIC])
+  retrain_cfg = anneal_cfg.copy_and_resolve_references()
+  retrain_cfg.train.anneal_cap = float(chosen['beta'])
+  retrain = train.train_and_evaluate(retrain_cfg, workdir / 'retrain', split=split)
+  out = {
+      'selected_beta': chosen['beta'], 'selected_epoch': chosen['epoch'],
+      'anneal_val_ndcg@100': chosen[checkpoints.BEST_METRIC],
+      'total_anneal_steps': anneal_cfg.train.total_anneal_steps,
+      'anneal_test': anneal['test'],
+      'retrain_best_epoch': retrain['best_epoch'],
+      'retrain_val_ndcg@100': retrain['val_ndcg@100'],
+      'test': retrain['test'], 'n_test_users': retrain['n_test_users'],
+      'curve': [{k: r.get(k) for k in ('epoch', 'step', 'beta', checkpoints.BEST_METRIC)}
+                for r in curve],
+  }
+  (workdir / 'select_beta.json').write_text(json.dumps(out, indent=2))
+  _plot(workdir, curve, read_metrics(workdir / 'retrain'), chosen)
+  return out
+
+
+def _plot(workdir: Path, curve, retrain_curve, chosen) -> None:
+  try:
+    label = 'beta annealed 0 -> 1'
+    plots.validation_vs(curve, workdir / 'anneal_val_ndcg_epoch.png', x='epoch', mark=chosen,
+                        extra={f'retrained, cap {chosen["beta"]:.3f}': retrain_curve},
+                        label=label, title='Selecting beta')
+    plots.validation_vs(curve, workdir / 'anneal_val_ndcg_beta.png', x='beta', mark=chosen,
+                        label=label, title='Selecting beta')
+  except plots.MissingMatplotlib as e:
+    logging.warning('%s', e)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # orbax logs every save at INFO; its warnings still show.
+  absl_logging.get_absl_logger().addFilter(
+      lambda r: r.levelno >= logging.WARNING or 'orbax' not in r.pathname)
+  out = run(FLAGS.config, FLAGS.workdir)
+  print(json.dumps({k: v for k, v in out.items() if k != 'curve'}, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)

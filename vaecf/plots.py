@@ -1,0 +1,126 @@
+"""PNG plots of a workdir's metrics, a beta sweep and the user-activity breakdown.
+
+matplotlib is optional (`pip install 'vaecf[plot]'`) and imported only when a plot
+is drawn. Figures are built with `matplotlib.figure.Figure`, never pyplot, so no
+backend or global state is touched.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from vaecf.workdir import read_metrics
+
+NDCG = 'ndcg@100'
+SWEEP_LABELS = {'cap': 'beta cap', 'constant': 'constant beta',
+                'anneal_steps': 'total anneal steps'}
+
+
+class MissingMatplotlib(ImportError):
+  """Plots were asked for but matplotlib is not installed."""
+
+
+def _figure(width: float = 5.0, height: float = 3.4):
+  try:
+    from matplotlib.figure import Figure
+  except ImportError as e:
+    raise MissingMatplotlib("plots need matplotlib: pip install 'vaecf[plot]' "
+                            "(or pip install matplotlib)") from e
+  fig = Figure(figsize=(width, height), dpi=100, layout='constrained')
+  return fig, fig.add_subplot()
+
+
+def _save(fig, path: Path) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path)
+  return path
+
+
+def _by_model(rows: list[dict]) -> dict[str, list[dict]]:
+  """Rows grouped per model of a sweep (by its setting), or one group for a single run."""
+  groups = defaultdict(list)
+  for r in rows:
+    groups[f'{r["sweep_value"]:g}' if 'model' in r else ''].append(r)
+  return dict(groups)
+
+
+def validation_vs(rows: list[dict], path: str | Path, *, x: str = 'epoch',
+                  metric: str = 'val_' + NDCG, mark: dict | None = None,
+                  extra: dict[str, list[dict]] | None = None, title: str = '',
+                  label: str = 'run') -> Path:
+  """Validation metric against `x` ('epoch' or 'beta'), one line per model."""
+  fig, ax = _figure()
+  lines = {k or label: v for k, v in _by_model(rows).items()}
+  lines.update(extra or {})
+  for name, group in lines.items():
+    pts = [(r[x], r[metric]) for r in group if r.get(metric) is not None]
+    if pts:
+      ax.plot(*zip(*pts), label=name, lw=1.2)
+  if mark is not None:
+    ax.plot([mark[x]], [mark[metric]], 'o', color='k', ms=5,
+            label=f'best: epoch {mark["epoch"]}, beta {mark["beta"]:.3f}')
+  ax.set_xlabel(x)
+  ax.set_ylabel(metric.replace('_', ' '))
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  if len(lines) > 1 or mark is not None:
+    ax.legend(fontsize=7, title='' if 'model' not in rows[0] else 'sweep value',
+              title_fontsize=8)
+  return _save(fig, path)
+
+
+def sweep_summary(results: dict, path: str | Path) -> Path:
+  """Best validation and test NDCG@100 of each sweep model against its setting."""
+  fig, ax = _figure()
+  ms = sorted(results['models'], key=lambda m: m['value'])
+  xs = [m['value'] for m in ms]
+  ax.plot(xs, [m['val_' + NDCG] for m in ms], 'o-', label='validation (best epoch)')
+  ax.errorbar(xs, [m['test'][NDCG] for m in ms], yerr=[m['test'][NDCG + '_se'] for m in ms],
+              fmt='s-', capsize=3, label='test (+- s.e.)')
+  ax.set_xlabel(SWEEP_LABELS.get(results.get('mode'), 'sweep value'))
+  ax.set_ylabel(NDCG)
+  ax.set_title(f'{results.get("model", "")} on {results.get("dataset", "")}', fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def activity_bars(tables: dict[str, Sequence[dict]], path: str | Path,
+                  metric: str = NDCG) -> Path:
+  """Grouped bars: the metric per activity group (x) for each model (colour)."""
+  fig, ax = _figure(6.0, 3.4)
+  names = list(tables)
+  width = 0.8 / max(len(names), 1)
+  for j, name in enumerate(names):
+    groups = tables[name]
+    xs = [g['group'] + (j - (len(names) - 1) / 2) * width for g in groups]
+    ax.bar(xs, [g[metric] for g in groups], width, yerr=[g[metric + '_se'] for g in groups],
+           capsize=2, label=name)
+  first = tables[names[0]] if names else []
+  ax.set_xticks([g['group'] for g in first],
+                [f'Q{g["group"] + 1}\n{g["min_items"]}-{g["max_items"]}' for g in first])
+  ax.set_xlabel('fold-in items per test user (activity quintile)')
+  ax.set_ylabel(metric)
+  ax.grid(alpha=0.3, axis='y')
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_workdir(workdir: str | Path, out: str | Path | None = None) -> list[Path]:
+  """Every plot a workdir's files allow; returns the PNG paths written."""
+  workdir = Path(workdir)
+  out = workdir if out is None else Path(out)
+  rows = read_metrics(workdir)
+  if not rows:
+    raise ValueError(f'{workdir / "metrics.jsonl"} holds no rows yet')
+  written = [validation_vs(rows, out / 'val_ndcg_epoch.png', title=workdir.name)]
+  if len({round(r['beta'], 6) for r in rows}) > 1:
+    written.append(validation_vs(rows, out / 'val_ndcg_beta.png', x='beta',
+                                 title=workdir.name))
+  if (workdir / 'sweep.json').exists():
+    written.append(sweep_summary(json.loads((workdir / 'sweep.json').read_text()),
+                                 out / 'sweep_ndcg.png'))
+  return written
