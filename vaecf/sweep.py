@@ -28,9 +28,7 @@ import scipy.sparse as sp
 
 from vaecf import (checkpoints, evaluate as evaluation, input_pipeline, models, sparse, steps,
                    train)
-from vaecf.data import load_split
 from vaecf.data.types import Split
-from vaecf.workdir import Workdir
 
 MODES = ('cap', 'constant', 'anneal_steps')
 BEST = checkpoints.BEST_METRIC
@@ -189,24 +187,14 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
   metrics.jsonl holds one row per (epoch, model) with 'model' and 'sweep_value';
   the latest checkpoint holds every model's state and best-so-far parameters.
   """
-  train.import_model_module(config)
   values = [float(v) for v in config.sweep.caps]
   n_models = len(values)
   if n_models == 0:
     raise ValueError('config.sweep.caps is empty: nothing to sweep')
-  wd = Workdir(workdir)
-  if split is None:
-    split, info = load_split(config.data)
-  else:
-    info = {'name': config.data.name}
-  wd.start(config, split, info)
-  mesh = steps.make_mesh()
-  model = models.build(config, split.n_items)
+  wd, split, mesh, model, optimizer, init_key = train.setup(config, workdir, split)
   if config.sweep.mode != 'anneal_steps' and not model.uses_beta and len(set(values)) > 1:
     logging.warning('%s ignores beta: every model of this sweep trains identically', model.name)
   _warn_unreachable(config, split.train.shape[0])
-  optimizer = steps.make_optimizer(config)
-  init_key = jax.random.fold_in(jax.random.key(config.train.seed), 0)
   states = jax.jit(lambda k: stack_states(steps.init_state(model, optimizer, k), n_models),
                    out_shardings=steps.replicated(mesh))(init_key)
   best_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(states['params'])

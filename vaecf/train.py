@@ -57,13 +57,8 @@ def _fmt_time(s: float) -> str:
   return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
 
 
-def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = None,
-                       stop_after_epoch: int | None = None) -> dict:
-  """Runs (or resumes) training in `workdir`; returns the results dict.
-
-  `stop_after_epoch` ends the run early without final evaluation, as a kill would
-  (used by tests of resumption).
-  """
+def setup(config, workdir: str | Path, split: Split | None = None):
+  """What every trainer starts from: (workdir, split, mesh, model, optimizer, init key)."""
   import_model_module(config)
   wd = Workdir(workdir)
   if split is None:
@@ -71,10 +66,19 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
   else:
     info = {'name': config.data.name}
   wd.start(config, split, info)
-  mesh = steps.make_mesh()
   model = models.build(config, split.n_items)
-  optimizer = steps.make_optimizer(config)
   init_key = jax.random.fold_in(jax.random.key(config.train.seed), 0)
+  return wd, split, steps.make_mesh(), model, steps.make_optimizer(config), init_key
+
+
+def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = None,
+                       stop_after_epoch: int | None = None) -> dict:
+  """Runs (or resumes) training in `workdir`; returns the results dict.
+
+  `stop_after_epoch` ends the run early without final evaluation, as a kill would
+  (used by tests of resumption).
+  """
+  wd, split, mesh, model, optimizer, init_key = setup(config, workdir, split)
   state = jax.jit(lambda k: steps.init_state(model, optimizer, k),
                   out_shardings=steps.replicated(mesh))(init_key)
   train_step = steps.make_train_step(model, optimizer, mesh, config.train.seed)
