@@ -218,11 +218,7 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
   epochs, n_train = config.train.epochs, split.train.shape[0]
   for epoch in range(start_epoch, epochs + 1):
     t0 = time.perf_counter()
-    history = []
-    for batch in input_pipeline.prefetch(input_pipeline.epoch_batches(
-        split.train, config.train.batch_size, config.train.seed, epoch, mesh)):
-      states, m = sweep_step(states, batch, scheds)
-      history.append(m)
+    states, history = train.run_epoch(sweep_step, states, scheds, split, config, mesh, epoch)
     trains = per_model_means(history)
     t_train = time.perf_counter() - t0
     step = int(jax.device_get(states['step']))

@@ -71,6 +71,16 @@ def setup(config, workdir: str | Path, split: Split | None = None):
   return wd, split, steps.make_mesh(), model, steps.make_optimizer(config), init_key
 
 
+def run_epoch(step_fn, state, sched, split: Split, config, mesh, epoch: int):
+  """One shuffled pass over the training users; per-step metrics stay on the device."""
+  history = []
+  for batch in input_pipeline.prefetch(input_pipeline.epoch_batches(
+      split.train, config.train.batch_size, config.train.seed, epoch, mesh)):
+    state, m = step_fn(state, batch, sched)
+    history.append(m)
+  return state, history
+
+
 def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = None,
                        stop_after_epoch: int | None = None) -> dict:
   """Runs (or resumes) training in `workdir`; returns the results dict.
@@ -100,11 +110,7 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
   epoch_times = []
   for epoch in range(start_epoch, epochs + 1):
     t0 = time.perf_counter()
-    history = []
-    for batch in input_pipeline.prefetch(input_pipeline.epoch_batches(
-        split.train, config.train.batch_size, config.train.seed, epoch, mesh)):
-      state, m = train_step(state, batch, sched)
-      history.append(m)
+    state, history = run_epoch(train_step, state, sched, split, config, mesh, epoch)
     train = steps.host_scalar_metrics(history)
     t_train = time.perf_counter() - t0
     step = int(jax.device_get(state['step']))
