@@ -1,4 +1,4 @@
-"""Mult-VAE^PR on MovieLens 20M exactly as the paper (PAPER.md).
+"""Mult-VAE^PR on MovieLens 20M exactly as the paper (docs/protocol.md).
 
   python -m vaecf.main --config=configs/ml20m.py --config.data.path=PATH/ml-20m --workdir=DIR
 

@@ -1,4 +1,4 @@
-"""Mult-VAE^PR on the Million Song Dataset Taste Profile as the paper (PAPER.md).
+"""Mult-VAE^PR on the Million Song Dataset Taste Profile as the paper (docs/protocol.md).
 
   python -m vaecf.main --config=configs/msd.py --config.data.path=PATH/train_triplets.txt --workdir=DIR
 

@@ -1,4 +1,4 @@
-"""Mult-VAE^PR on the Netflix Prize data as the paper (PAPER.md).
+"""Mult-VAE^PR on the Netflix Prize data as the paper (docs/protocol.md).
 
   python -m vaecf.main --config=configs/netflix.py --config.data.path=PATH/training_set --workdir=DIR
 

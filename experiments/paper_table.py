@@ -23,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vaecf import baselines, evaluate, train
+from vaecf import baselines, console, evaluate, train
+from vaecf.common import atomic_write
 from vaecf.data import load_split
 from vaecf.workdir import read_metrics
+
+log = logging.getLogger(__name__)
 
 TRAINED = ('multvae', 'multdae')
 MODELS = ('multvae', 'multdae', 'cdae', 'slim', 'wmf', 'ease', 'popularity')
@@ -43,12 +46,6 @@ def _key(hp: dict) -> str:
   return json.dumps(hp, sort_keys=True)
 
 
-def _write(path: Path, text: str) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
 def _lookup(d: dict, dotted: str):
   for part in dotted.split('.'):
     d = d.get(part) if isinstance(d, dict) else None
@@ -61,7 +58,7 @@ def trained_stage(config, workdir: Path, model: str, likelihood: str, split) -> 
   if not (sub / 'results.json').exists():
     c = config.copy_and_resolve_references()
     c.model.name, c.model.likelihood = model, likelihood
-    logging.info('stage %s: training', sub.name)
+    log.info('stage %s: training', sub.name)
     train.train_and_evaluate(c, sub, split=split)
   return trained_row(sub)
 
@@ -85,29 +82,29 @@ def baseline_stage(name: str, workdir: Path, split, grid: list[dict] | None = No
     return json.loads((sub / 'result.json').read_text())
   sub.mkdir(parents=True, exist_ok=True)
   grid = baselines.grid(name) if grid is None else grid
-  log = sub / 'grid.jsonl'
-  rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()] \
-      if log.exists() else []
+  grid_log = sub / 'grid.jsonl'
+  rows = [json.loads(l) for l in grid_log.read_text().splitlines() if l.strip()] \
+      if grid_log.exists() else []
   done = {_key(r['grid_point']) for r in rows}
   val_set = split.heldout('val')
   for hp in grid:
     if _key(hp) in done:
       continue
-    logging.info('stage %s: fitting %s', name, hp)
+    log.info('stage %s: fitting %s', name, hp)
     t0 = time.perf_counter()
     fitted = baselines.fit(name, split.train, hp, validation=val_set)
     t1 = time.perf_counter()
     val = evaluate.evaluate(fitted.score_fn, *val_set).summary()
     row = {'grid_point': hp, 'hparams': fitted.hparams, 'val': val, 'info': fitted.info,
            'fit_seconds': t1 - t0, 'eval_seconds': time.perf_counter() - t1}
-    logging.info('stage %s: %s val ndcg@100 %.4f (%.0fs)', name, hp, val['ndcg@100'],
+    log.info('stage %s: %s val ndcg@100 %.4f (%.0fs)', name, hp, val['ndcg@100'],
                  row['fit_seconds'])
     if all(val['ndcg@100'] > r['val']['ndcg@100'] for r in rows):
       # Saved before the row is logged: the best logged row always has its arrays.
       baselines.save(sub, name, fitted.hparams, fitted.arrays, split.item_ids,
                      {**fitted.info, 'grid_point': hp})
     rows.append(row)
-    with open(log, 'a') as f:
+    with open(grid_log, 'a') as f:
       f.write(json.dumps(row, default=float) + '\n')
   best = max(rows, key=lambda r: r['val']['ndcg@100'])
   fitted, _ = baselines.load_fitted(sub)
@@ -125,7 +122,7 @@ def baseline_stage(name: str, workdir: Path, split, grid: list[dict] | None = No
             'info': best['info'], 'fit_seconds': best['fit_seconds'],
             'wall_seconds': sum(r['fit_seconds'] + r['eval_seconds'] for r in rows)
             + test_seconds}
-  _write(sub / 'result.json', json.dumps(result, indent=2, default=float))
+  atomic_write(sub / 'result.json', json.dumps(result, indent=2, default=float))
   return result
 
 
@@ -236,8 +233,8 @@ def write_table(workdir: Path, dataset: str, command: str, data_summary: str) ->
   table = {'dataset': dataset, 'command': command, 'data': data_summary, 'models': rows,
            'likelihoods': lik, 'orderings': orderings(rows),
            'stages_finished': sorted(stages)}
-  _write(workdir / 'table.json', json.dumps(table, indent=2, default=float))
-  _write(workdir / 'table.md', markdown(table))
+  atomic_write(workdir / 'table.json', json.dumps(table, indent=2, default=float))
+  atomic_write(workdir / 'table.md', markdown(table))
   return table
 
 
@@ -261,7 +258,7 @@ def run(config, workdir: str | Path, *, models=MODELS, likelihoods=LIKELIHOODS,
         trained_stage(config, workdir, m, lik, split)
     else:
       baseline_stage(m, workdir, split, (grids or {}).get(m))
-    logging.info('stage %s finished (%.0fs in this invocation)', m, time.perf_counter() - t0)
+    log.info('stage %s finished (%.0fs in this invocation)', m, time.perf_counter() - t0)
     write_table(workdir, config.data.name, command or ' '.join(sys.argv), _summary(split))
   return write_table(workdir, config.data.name, command or ' '.join(sys.argv), _summary(split))
 
@@ -272,17 +269,10 @@ def _summary(split) -> str:
           f'{split.train.nnz} training clicks.')
 
 
-class _QuietOrbax:
-  """Keeps orbax's per-checkpoint INFO lines (thousands per table) out of the log."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
-
-
 def main(argv):
-  from absl import flags, logging as absl_logging
+  from absl import flags
   del argv
-  absl_logging.get_absl_logger().addFilter(_QuietOrbax())
+  console.setup()
   f = flags.FLAGS
   run(f.config, f.workdir, models=f.models, likelihoods=f.likelihoods,
       command='python -m experiments.paper_table ' + ' '.join(sys.argv[1:]))

@@ -19,12 +19,15 @@ import logging
 import math
 from pathlib import Path
 
-from absl import app, flags, logging as absl_logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf import checkpoints, plots, train
+from vaecf import checkpoints, console, train
+from vaecf.tools import plots
 from vaecf.data import load_split
 from vaecf.workdir import read_metrics
+
+log = logging.getLogger(__name__)
 
 flags.DEFINE_string('workdir', None, 'Directory for both runs and the report.')
 config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
@@ -59,7 +62,7 @@ def run(config, workdir: str | Path, *, split=None) -> dict:
   anneal = train.train_and_evaluate(anneal_cfg, workdir / 'anneal', split=split)
   curve = read_metrics(workdir / 'anneal')
   chosen = best_row(curve)
-  logging.info('selected beta %.4f (epoch %d, val ndcg@100 %.4f)', chosen['beta'],
+  log.info('selected beta %.4f (epoch %d, val ndcg@100 %.4f)', chosen['beta'],
                chosen['epoch'], chosen[checkpoints.BEST_METRIC])
   retrain_cfg = anneal_cfg.copy_and_resolve_references()
   retrain_cfg.train.anneal_cap = float(chosen['beta'])
@@ -89,15 +92,13 @@ def _plot(workdir: Path, curve, retrain_curve, chosen) -> None:
     plots.validation_vs(curve, workdir / 'anneal_val_ndcg_beta.png', x='beta', mark=chosen,
                         label=label, title='Selecting beta')
   except plots.MissingMatplotlib as e:
-    logging.warning('%s', e)
+    log.warning('%s', e)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # orbax logs every save at INFO; its warnings still show.
-  absl_logging.get_absl_logger().addFilter(
-      lambda r: r.levelno >= logging.WARNING or 'orbax' not in r.pathname)
+  console.setup()
   out = run(FLAGS.config, FLAGS.workdir)
   print(json.dumps({k: v for k, v in out.items() if k != 'curve'}, indent=2))
 

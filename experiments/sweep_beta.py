@@ -22,11 +22,14 @@ import time
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging as absl_logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf import input_pipeline, models, plots, steps, sweep, train
+from vaecf import console, distributed, input_pipeline, models, steps, sweep, train
+from vaecf.tools import plots
 from vaecf.data import load_split
+
+log = logging.getLogger(__name__)
 
 flags.DEFINE_string('workdir', None, 'Directory for the sweep.')
 flags.DEFINE_integer('benchmark_epochs', 0, 'Epochs to time vectorised vs sequential (0: no).')
@@ -56,15 +59,15 @@ def benchmark(config, split, epochs: int, repeats: int = 2,
   compiled by an untimed pass first; each way then runs `repeats` times,
   interleaved, and its fastest time is kept.
   """
-  mesh = steps.make_mesh()
+  mesh = distributed.make_mesh()
   model = models.build(config, split.n_items)
   opt = steps.make_optimizer(config)
   n_models = len(config.sweep.caps)
-  init = jax.jit(lambda k: steps.init_state(model, opt, k), out_shardings=steps.replicated(mesh))
+  init = jax.jit(lambda k: steps.init_state(model, opt, k), out_shardings=distributed.replicated(mesh))
   key = jax.random.fold_in(jax.random.key(config.train.seed), 0)
   val = split.heldout('val')
   stack = jax.jit(lambda s: sweep.stack_states(s, n_models),
-                  out_shardings=steps.replicated(mesh))
+                  out_shardings=distributed.replicated(mesh))
   scheds = sweep.schedules(config)
 
   def vectorised(per_pass):
@@ -82,7 +85,7 @@ def benchmark(config, split, epochs: int, repeats: int = 2,
     return run
 
   single_step = steps.make_train_step(model, opt, mesh, config.train.seed)
-  for_single, eval_batch = train.make_scorer(model, mesh, config.train.eval_batch_size)
+  for_single, eval_batch = steps.make_scorer(model, mesh, config.train.eval_batch_size)
 
   def sequential():
     for v in config.sweep.caps:
@@ -105,7 +108,7 @@ def benchmark(config, split, epochs: int, repeats: int = 2,
       t0 = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - t0)
-      logging.info('benchmark %s: %.1fs', name, times[name][-1])
+      log.info('benchmark %s: %.1fs', name, times[name][-1])
   best = {k: min(v) for k, v in times.items()}
   return {'models': n_models, 'epochs': epochs,
           'steps_per_epoch': -(-split.train.shape[0] // config.train.batch_size),
@@ -130,9 +133,7 @@ def markdown(results: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # orbax logs every save at INFO; its warnings still show.
-  absl_logging.get_absl_logger().addFilter(
-      lambda r: r.levelno >= logging.WARNING or 'orbax' not in r.pathname)
+  console.setup()
   config, workdir = FLAGS.config, Path(FLAGS.workdir)
   split, _ = load_split(config.data)
   if FLAGS.benchmark_epochs:
@@ -152,7 +153,7 @@ def main(argv):
     for path in plots.plot_workdir(workdir):
       print(path)
   except plots.MissingMatplotlib as e:
-    logging.warning('%s', e)
+    log.warning('%s', e)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from vaecf import activity, train
+from vaecf import train
+from vaecf.tools import activity
 from vaecf.config import base_config
 from vaecf.data import load_split
 from vaecf.evaluate import EvalResult
@@ -38,7 +39,7 @@ def test_breakdown_groups_the_evaluated_users_only():
 
 
 def test_activity_command_on_a_trained_run(tmp_path):
-  from experiments import activity as experiment
+  experiment = activity
   c = base_config()
   c.data.rating_threshold = 3.5
   c.data.cache_dir = str(tmp_path / 'cache')

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaecf import benchmark
+from vaecf.tools import benchmark
 from vaecf.config import base_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def test_flops_count_matches_hand_count():
 
 def test_benchmark_runs_and_prints_json():
   proc = subprocess.run(
-      [sys.executable, '-m', 'vaecf.benchmark', '--shape=tiny', '--steps=3', '--batch_size=64',
+      [sys.executable, '-m', 'vaecf.tools.benchmark', '--shape=tiny', '--steps=3', '--batch_size=64',
        '--eval_users=200', '--compare_dense'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The evaluator against an independent NumPy reference of PAPER.md's metrics."""
+"""The evaluator against an independent NumPy reference of docs/protocol.md's metrics."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ def perm_score_fn(batch: sp.csr_matrix):
 
 
 def reference(scores_fn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, metrics):
-  """(rows with targets, {name: per-user values}) straight from PAPER.md."""
+  """(rows with targets, {name: per-user values}) straight from docs/protocol.md."""
   n_users, n_items = fold_in.shape
   rows, out = [], {f'{kind}@{k}': [] for kind, k in metrics}
   for u in range(n_users):

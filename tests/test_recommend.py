@@ -11,7 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 import vaecf
-from vaecf import checkpoints, evaluate, models, steps, train
+from vaecf import serving
+from vaecf import checkpoints, distributed, evaluate, models, steps, train
 from vaecf.config import base_config
 from vaecf.data import EMBEDDED, load_split
 
@@ -43,14 +44,14 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def rec(trained):
-  return vaecf.Recommender.from_workdir(trained[1])
+  return serving.from_workdir(trained[1])
 
 
 def _evaluator_scores(config, workdir, step, x):
   """Scores from the evaluator's own path, restored independently of vaecf.serving."""
   model = models.build(config, x.shape[1])
   params = checkpoints.manager(workdir).restore(step)['state']['params']
-  for_params, _ = train.make_scorer(model, steps.make_mesh(), 2000)
+  for_params, _ = steps.make_scorer(model, distributed.make_mesh(), 2000)
   return np.asarray(for_params(params)(x)), params
 
 
@@ -96,7 +97,7 @@ def test_command_batch_csv_agrees_with_the_api(trained, rec, tmp_path):
     f.write('user,item\n' + ''.join(f'{u},{i}\n' for u, h in zip(users, hist) for i in h))
     f.write(f'{users[0]},999999999\n')  # unknown: ignored, the row's ranking unchanged
   proc = subprocess.run(
-      [sys.executable, '-m', 'vaecf.recommend', f'--workdir={trained[1]}', '--n=7',
+      [sys.executable, '-m', 'vaecf.serving', f'--workdir={trained[1]}', '--n=7',
        f'--input={tmp_path / "in.csv"}', f'--output={tmp_path / "out.csv"}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,7 +115,7 @@ def test_command_batch_csv_agrees_with_the_api(trained, rec, tmp_path):
 
 def test_command_single_history_shows_titles(trained, rec):
   proc = subprocess.run(
-      [sys.executable, '-m', 'vaecf.recommend', f'--workdir={trained[1]}', '--n=5',
+      [sys.executable, '-m', 'vaecf.serving', f'--workdir={trained[1]}', '--n=5',
        '--items=1,1,nope'], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Toy Story (1995)' in proc.stdout
@@ -176,14 +177,13 @@ def test_n_larger_than_the_catalogue(rec):
 def test_a_given_step_loads_and_a_missing_one_fails_clearly(trained):
   wd = trained[1]
   saved = checkpoints.manager(wd).all_steps()
-  assert vaecf.Recommender.from_workdir(wd, step=min(saved)).info['step'] == min(saved)
+  assert serving.from_workdir(wd, step=min(saved)).info['step'] == min(saved)
   with pytest.raises(FileNotFoundError, match='no checkpoint step 999'):
-    vaecf.Recommender.from_workdir(wd, step=999)
+    serving.from_workdir(wd, step=999)
 
 
 def _check_export(rec, x, out: Path):
-  from vaecf import serving
-  rec.export(out)
+  serving.export(rec, out)
   exported = serving.load_exported(out)
   rows = sp.vstack([x, sp.csr_matrix((1, rec.n_items), dtype=np.float32)]).tocsr()
   np.testing.assert_allclose(exported.scores(rows), rec.scores(rows), rtol=1e-6, atol=1e-6)
@@ -201,7 +201,7 @@ def test_exported_function_equals_the_live_model(trained, rec, tmp_path):
   code = ('import sys; from vaecf import serving; '
           f'r = serving.load_exported({str(tmp_path / "export")!r}).recommend([1], n=3); '
           'assert len(r.items) == 3 and r.titles, r; '
-          "bad = [m for m in sys.modules if m.startswith(('vaecf.models', 'vaecf.train'))]; "
+          "bad = [m for m in sys.modules if m.startswith(('vaecf.models', 'vaecf.train', 'vaecf.steps', 'vaecf.checkpoints', 'orbax', 'optax'))]; "
           'assert not bad, bad')
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                         text=True, timeout=300)
@@ -213,7 +213,7 @@ def test_multdae_workdir(tmp_path, trained):
   split = trained[3]
   c = tiny_config(Path(trained[0].data.cache_dir), 'multdae', epochs=1)
   res = train.train_and_evaluate(c, tmp_path / 'wd', split=split)
-  rec = vaecf.Recommender.from_workdir(tmp_path / 'wd')
+  rec = serving.from_workdir(tmp_path / 'wd')
   assert rec.info['model'] == 'multdae'
   val = evaluate.evaluate(rec.scores, split.val_tr, split.val_te)
   assert val.mean('ndcg@100') == pytest.approx(res['val_ndcg@100'], rel=1e-5)
@@ -229,7 +229,7 @@ def test_baseline_workdir(tmp_path, trained):
   split = trained[3]
   fitted = baselines.fit('popularity', split.train, {})
   baselines.save_fitted(tmp_path / 'wd', fitted, split.item_ids)
-  rec = vaecf.Recommender.from_workdir(tmp_path / 'wd', titles=EMBEDDED)
+  rec = serving.from_workdir(tmp_path / 'wd', titles=EMBEDDED)
   ref = evaluate.evaluate(fitted.score_fn, split.val_tr, split.val_te)
   got = evaluate.evaluate(rec.scores, split.val_tr, split.val_te)
   assert got.summary() == pytest.approx(ref.summary())
@@ -241,4 +241,4 @@ def test_baseline_workdir(tmp_path, trained):
   # Not a model: an empty history gets the baseline's own empty-row scores (popularity).
   assert rec.recommend([]).items == split.item_ids[order[:10]].tolist()
   with pytest.raises(ValueError, match='only models built by vaecf.models'):
-    rec.export(tmp_path / 'export')
+    serving.export(rec, tmp_path / 'export')

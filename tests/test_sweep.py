@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from vaecf import input_pipeline, models, steps, sweep, train
+from vaecf import distributed, input_pipeline, models, steps, sweep, train
 from vaecf.config import base_config
 from vaecf.data import load_split
 from vaecf.workdir import read_metrics
@@ -50,7 +50,7 @@ def test_vmapped_sweep_step_equals_single_steps(tmp_path, embedded_split, mode, 
   c.train.anneal_cap = 1.0  # lets the anneal lengths differ in beta after a few steps
   model = models.build(c, embedded_split.n_items)
   optimizer = optax.sgd(0.5) if opt == 'sgd' else optax.adam(1e-2)
-  mesh = steps.make_mesh()  # 4 fake devices: the sweep stays data-parallel
+  mesh = distributed.make_mesh()  # 4 fake devices: the sweep stays data-parallel
   batches = [input_pipeline.global_batch(embedded_split.train[i * 9:(i + 1) * 9], mesh, 3)
              for i in range(4)]  # 9 users over 4 devices: padding users too
   init = steps.init_state(model, optimizer, jax.random.key(0))
@@ -90,7 +90,7 @@ def test_sweep_run_resumes_and_matches_single_runs(tmp_path, embedded_split):
     assert got['test'] == pytest.approx(single['test'], rel=1e-5, abs=1e-7)
     curve = [r['val_ndcg@100'] for r in read_metrics(tmp_path / f'single{m}')]
     assert [r['val_ndcg@100'] for r in rows if r['model'] == m] == pytest.approx(curve, rel=1e-5)
-  best = sweep.restore_best_params(wd, c, embedded_split.n_items, steps.make_mesh())
+  best = sweep.restore_best_params(wd, c, embedded_split.n_items, distributed.make_mesh())
   assert jax.tree.leaves(best)[0].shape[0] == 2
 
 
@@ -117,7 +117,7 @@ def test_selection_picks_the_argmax_of_the_validation_curve(tmp_path, embedded_s
 
 def test_plot_command_writes_pngs(tmp_path, embedded_split):
   pytest.importorskip('matplotlib')
-  from vaecf import plots
+  from vaecf.tools import plots
   c = small_config(tmp_path)
   c.train.epochs = 1
   train.train_and_evaluate(c, tmp_path / 'run', split=embedded_split)

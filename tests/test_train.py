@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from vaecf import checkpoints, evaluate, input_pipeline, models, steps, train
+from vaecf import checkpoints, distributed, evaluate, input_pipeline, models, steps, train
 from vaecf.config import base_config
 from vaecf.data import load_split
 
@@ -53,7 +53,7 @@ def test_four_device_step_equals_single_device(tmp_path, embedded_split, name):
   sched = steps.schedule_from_config(c)
   params, losses = {}, {}
   for n_dev in (1, 4):
-    mesh = steps.make_mesh(jax.devices()[:n_dev])
+    mesh = distributed.make_mesh(jax.devices()[:n_dev])
     state = steps.init_state(model, opt, jax.random.key(0))
     step = steps.make_train_step(model, opt, mesh, seed=3)
     for i in range(3):
@@ -96,8 +96,8 @@ def test_best_checkpoint_restores_and_scores_the_same(tmp_path, embedded_split):
   mngr = checkpoints.manager(tmp_path / 'wd')
   assert res['best_epoch'] in mngr.all_steps()
   params = checkpoints.load_state(tmp_path / 'wd', res['best_epoch'])[0]['params']
-  mesh = steps.make_mesh()
-  for_params, batch = train.make_scorer(model, mesh, 2000)
+  mesh = distributed.make_mesh()
+  for_params, batch = steps.make_scorer(model, mesh, 2000)
   val = train.evaluate_params(for_params, batch, params, embedded_split, 'val')
   assert val.mean('ndcg@100') == pytest.approx(res['val_ndcg@100'], rel=1e-5)
   rows = [json.loads(l) for l in (tmp_path / 'wd' / 'metrics.jsonl').read_text().splitlines()]

@@ -1,13 +1,7 @@
 """vaecf: variational autoencoders for collaborative filtering in JAX.
 
-Importing the package is cheap; submodules load what they need.
+Importing the package is cheap: submodules load what they need. Training core in
+vaecf/ (data, models, steps, train, evaluate, checkpoints), serving in
+vaecf/serving (`from vaecf import serving`), research tools in vaecf/tools.
 """
 __version__ = '0.1.0'
-
-
-def __getattr__(name: str):
-  # Lazy, so `import vaecf` does not pull in jax for code that never recommends.
-  if name == 'Recommender':
-    from vaecf.recommend import Recommender
-    return Recommender
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -12,10 +12,13 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from vaecf.common import VaecfError
+from vaecf.distributed import replicated
+
 BEST_METRIC = 'val_ndcg@100'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(VaecfError, RuntimeError):
   """A checkpoint that exists but cannot be read; nothing on disk is touched."""
 
 
@@ -56,6 +59,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state, record: dict[str, Any],
 def abstract_of(state):
   """Shapes, dtypes and shardings of a freshly built state, to restore into."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def abstract_replicated(init_fn, mesh):
+  """What `init_fn()` would build, as shapes placed replicated on `mesh`: a restore target
+  that costs no computation and no memory."""
+  rep = replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                      jax.eval_shape(init_fn))
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[Any, dict]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from vaecf.common import VaecfError
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -53,7 +55,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 1  # epochs between validation passes
   c.train.eval_batch_size = 2000
   c.train.keep_latest = 1  # checkpoints kept besides the best
-  c.train.log_every_steps = 0  # 0: one console line per epoch only
 
   c.sweep = ml_collections.ConfigDict()
   # Parallel beta sweep (experiments/sweep_beta.py): one model per value, trained at once.
@@ -66,3 +67,83 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = config_dict.placeholder(int)
   c.distributed.process_id = config_dict.placeholder(int)
   return c
+
+
+class ConfigError(VaecfError, ValueError):
+  """A config value out of range or of the wrong kind; raised before anything is written."""
+
+
+FORMATS = ('auto', 'movielens_csv', 'movielens_dat', 'movielens_100k', 'netflix', 'msd',
+           'delimited')
+LIKELIHOODS = ('multinomial', 'gaussian', 'logistic')
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+INPUT_LAYERS = ('sparse', 'dense')
+SWEEP_MODES = ('cap', 'constant', 'anneal_steps')
+
+
+def validate(config) -> None:
+  """Raises ConfigError listing every out-of-range setting (the keys `base_config` declares).
+
+  Called by every entry point before it reads data or touches a workdir, so a bad
+  value costs nothing and is named, instead of failing deep inside a jitted step.
+  """
+  import math
+  problems = []
+
+  def check(key: str, ok: bool, want: str):
+    if not ok:
+      section, name = key.split('.')
+      problems.append(f'{key}={config[section][name]!r}: {want}')
+
+  def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+  def finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+  d, m, t = config.data, config.model, config.train
+  check('data.format', d.format in FORMATS, f'one of {FORMATS}')
+  check('data.n_heldout_users', is_int(d.n_heldout_users) and d.n_heldout_users >= 1,
+        'an integer >= 1 (users in each of the validation and test groups)')
+  if 'heldout_fraction' in d and d.heldout_fraction is not None:
+    check('data.heldout_fraction', finite(d.heldout_fraction) and 0 < d.heldout_fraction < 0.5,
+          'a fraction in (0, 0.5) of the users for each held-out group, or None')
+  check('data.test_prop', finite(d.test_prop) and 0 < d.test_prop < 1,
+        'a fraction in (0, 1): the share of a held-out user\'s items kept as targets')
+  check('data.min_user_count', is_int(d.min_user_count) and d.min_user_count >= 0,
+        'an integer >= 0')
+  check('data.min_item_count', is_int(d.min_item_count) and d.min_item_count >= 0,
+        'an integer >= 0')
+  if d.rating_threshold is not None:
+    check('data.rating_threshold', not math.isnan(d.rating_threshold),
+          'a number (values above it are kept; -inf keeps every row) or None')
+  check('model.latent_dim', is_int(m.latent_dim) and m.latent_dim >= 1, 'an integer >= 1')
+  if m.hidden_dims is not None:
+    check('model.hidden_dims', all(is_int(h) and h >= 1 for h in m.hidden_dims),
+          'a tuple of integers >= 1 (or None for the model\'s default)')
+  check('model.dropout_rate', finite(m.dropout_rate) and 0 <= m.dropout_rate < 1,
+        'a rate in [0, 1): 1 would drop every input')
+  check('model.likelihood', m.likelihood in LIKELIHOODS, f'one of {LIKELIHOODS}')
+  if m.weight_decay is not None:
+    check('model.weight_decay', finite(m.weight_decay) and m.weight_decay >= 0,
+          'a number >= 0, or None for the model\'s default')
+  check('model.compute_dtype', m.compute_dtype in COMPUTE_DTYPES, f'one of {COMPUTE_DTYPES}')
+  check('model.input_layer', m.input_layer in INPUT_LAYERS, f'one of {INPUT_LAYERS}')
+  check('train.epochs', is_int(t.epochs) and t.epochs >= 1, 'an integer >= 1')
+  check('train.batch_size', is_int(t.batch_size) and t.batch_size >= 1, 'an integer >= 1')
+  check('train.eval_batch_size', is_int(t.eval_batch_size) and t.eval_batch_size >= 1,
+        'an integer >= 1')
+  check('train.eval_every', is_int(t.eval_every) and t.eval_every >= 1,
+        'an integer >= 1 (epochs between validation passes)')
+  check('train.keep_latest', is_int(t.keep_latest) and t.keep_latest >= 1, 'an integer >= 1')
+  check('train.learning_rate', finite(t.learning_rate) and t.learning_rate > 0,
+        'a finite number > 0')
+  check('train.total_anneal_steps', finite(t.total_anneal_steps) and t.total_anneal_steps > 0,
+        'a number > 0 of steps')
+  check('train.anneal_cap', finite(t.anneal_cap) and t.anneal_cap >= 0, 'a number >= 0')
+  if t.constant_beta is not None:
+    check('train.constant_beta', finite(t.constant_beta) and t.constant_beta >= 0,
+          'a number >= 0, or None to anneal')
+  check('sweep.mode', config.sweep.mode in SWEEP_MODES, f'one of {SWEEP_MODES}')
+  if problems:
+    raise ConfigError('invalid config:\n  ' + '\n  '.join(problems))

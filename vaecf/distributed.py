@@ -1,7 +1,29 @@
-"""Multi-host start-up through JAX's own distributed runtime."""
+"""Devices: the one-axis data mesh, its shardings, and multi-host start-up.
+
+Every jitted step and the evaluator place arrays through these, so the same code
+runs on one CPU, fake CPU devices, a GPU, a TPU slice or several hosts (the mesh
+spans every process's devices).
+"""
 from __future__ import annotations
 
 import jax
+
+AXIS = 'data'
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else list(devices)
+  # Auto axes: XLA propagates shardings through the evaluator's scatters and top-k.
+  return jax.make_mesh((len(devices),), (AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_sharding(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.P(AXIS))
+
+
+def replicated(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.P())
 
 
 def maybe_initialize(config) -> None:

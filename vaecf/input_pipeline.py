@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import scipy.sparse as sp
 
-from vaecf import sparse, steps
+from vaecf import sparse
+from vaecf.distributed import batch_sharding
 from vaecf.sparse import SparseRows
 
 
@@ -34,11 +35,24 @@ def select_shards(batch: SparseRows, shard_ids: list[int], n_shards: int) -> Spa
   return jax.tree.map(take, batch)
 
 
+def put_batch(batch: SparseRows, mesh) -> SparseRows:
+  """Host batch -> global array sharded over 'data'.
+
+  With several processes, `batch` holds only this process's shards (in the order
+  of its devices along the mesh) and the global array is assembled from them.
+  """
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(
+      lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+
+
 def global_batch(x: sp.csr_matrix, mesh, users_per_shard: int) -> SparseRows:
   """A CSR batch as a device array sharded over 'data' (this process feeds its shards)."""
   n_shards = mesh.devices.size
   host = sparse.shard_rows(x, n_shards, users_per_shard)
-  return steps.put_batch(select_shards(host, local_shard_ids(mesh), n_shards), mesh)
+  return put_batch(select_shards(host, local_shard_ids(mesh), n_shards), mesh)
 
 
 def epoch_batches(train: sp.csr_matrix, batch_size: int, seed: int, epoch: int, mesh

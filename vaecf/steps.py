@@ -15,26 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vaecf import input_pipeline
+from vaecf.distributed import AXIS, replicated
 from vaecf.models import Model
 from vaecf.sparse import SparseRows
 
-AXIS = 'data'
 TrainState = dict  # {'step': int32 [], 'params': pytree, 'opt_state': pytree}
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  devices = jax.devices() if devices is None else list(devices)
-  # Auto axes: XLA propagates shardings through the evaluator's scatters and top-k.
-  return jax.make_mesh((len(devices),), (AXIS,), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def batch_sharding(mesh) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(mesh, jax.P(AXIS))
-
-
-def replicated(mesh) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(mesh, jax.P())
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -56,22 +42,9 @@ def schedule_from_config(config) -> dict[str, jax.Array]:
 
 
 def beta_at(step, sched) -> jax.Array:
-  """min(cap, step / total_steps), or the constant when it is >= 0 (PAPER.md)."""
+  """min(cap, step / total_steps), or the constant when it is >= 0 (docs/protocol.md)."""
   annealed = jnp.minimum(sched['cap'], step.astype(jnp.float32) / sched['total_steps'])
   return jnp.where(sched['constant'] >= 0, sched['constant'], annealed)
-
-
-def put_batch(batch: SparseRows, mesh) -> SparseRows:
-  """Host batch -> global array sharded over 'data'.
-
-  With several processes, `batch` holds only this process's shards (in the order
-  of its devices along the mesh) and the global array is assembled from them.
-  """
-  sharding = batch_sharding(mesh)
-  if jax.process_count() == 1:
-    return jax.device_put(batch, sharding)
-  return jax.tree.map(
-      lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
 
 
 def _data_parallel(per_shard, mesh):
@@ -137,3 +110,18 @@ def host_scalar_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]
   out = {k: float(np.mean(v)) for k, v in stacked.items() if k not in ('beta', 'users')}
   out['beta'] = float(stacked['beta'][-1])
   return out
+
+
+def make_scorer(model: Model, mesh, eval_batch_size: int):
+  """(score_fn factory, batch size): score_fn(params) -> evaluator's CSR -> logits."""
+  n = mesh.devices.size
+  batch = -(-eval_batch_size // n) * n  # a multiple of the device count: no padding users
+  score = make_score_fn(model, mesh)
+
+  def for_params(params):
+    params = jax.device_put(params, replicated(mesh))  # no-op if already there
+    def score_fn(x):
+      logits = score(params, input_pipeline.global_batch(x, mesh, -(-x.shape[0] // n)))
+      return logits if logits.shape[0] == x.shape[0] else logits[:x.shape[0]]
+    return score_fn
+  return for_params, batch

@@ -11,10 +11,8 @@ batch for all M models in one pass.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,10 +24,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import scipy.sparse as sp
 
-from vaecf import (checkpoints, evaluate as evaluation, input_pipeline, models, sparse, steps,
-                   train)
+from vaecf import (checkpoints, distributed, evaluate as evaluation, input_pipeline, models,
+                   sparse, steps, train)
 from vaecf.data.types import Split
 
+log = logging.getLogger(__name__)
 MODES = ('cap', 'constant', 'anneal_steps')
 BEST = checkpoints.BEST_METRIC
 
@@ -173,7 +172,7 @@ def _warn_unreachable(config, n_train: int) -> None:
   t = config.train
   last = t.epochs * math.ceil(n_train / t.batch_size) / t.total_anneal_steps
   if config.sweep.mode == 'cap' and sum(v >= last for v in config.sweep.caps) > 1:
-    logging.warning('beta only reaches %.4g by the last step (total_anneal_steps=%d), so the '
+    log.warning('beta only reaches %.4g by the last step (total_anneal_steps=%d), so the '
                     'caps >= that train identical models; lower train.total_anneal_steps '
                     '(e.g. to the run\'s number of steps, as experiments.select_beta does)',
                     last, t.total_anneal_steps)
@@ -192,11 +191,21 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
   if n_models == 0:
     raise ValueError('config.sweep.caps is empty: nothing to sweep')
   wd, split, mesh, model, optimizer, init_key = train.setup(config, workdir, split)
+  try:
+    return _run_sweep(config, wd, split, mesh, model, optimizer, init_key, values,
+                      models_per_pass, stop_after_epoch)
+  finally:
+    wd.close()
+
+
+def _run_sweep(config, wd, split, mesh, model, optimizer, init_key, values, models_per_pass,
+               stop_after_epoch):
+  n_models = len(values)
   if config.sweep.mode != 'anneal_steps' and not model.uses_beta and len(set(values)) > 1:
-    logging.warning('%s ignores beta: every model of this sweep trains identically', model.name)
+    log.warning('%s ignores beta: every model of this sweep trains identically', model.name)
   _warn_unreachable(config, split.train.shape[0])
   states = jax.jit(lambda k: stack_states(steps.init_state(model, optimizer, k), n_models),
-                   out_shardings=steps.replicated(mesh))(init_key)
+                   out_shardings=distributed.replicated(mesh))(init_key)
   best_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(states['params'])
   sweep_step = make_sweep_step(model, optimizer, mesh, config.train.seed,
                                models_per_pass=models_per_pass)
@@ -207,13 +216,15 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
   mngr = checkpoints.manager(wd.path, config.train.keep_latest)
   start_epoch = 1
   best = [{'epoch': 0, 'step': 0, BEST: -math.inf} for _ in values]
-  if mngr.latest_step() is not None:
+  if mngr.latest_step() is None:
+    wd.truncate_metrics(0)  # a kill before the first checkpoint: its rows are not resumed
+  else:
     abstract = checkpoints.abstract_of({'states': states, 'best_params': best_params})
     restored, record = checkpoints.restore(mngr, mngr.latest_step(), abstract)
     states, best_params = restored['states'], restored['best_params']
     start_epoch, best = record['epoch'] + 1, record['best']
     wd.truncate_metrics(record['epoch'])
-    logging.info('resumed the sweep from epoch %d in %s', record['epoch'], wd.path)
+    log.info('resumed the sweep from epoch %d in %s', record['epoch'], wd.path)
 
   epochs, n_train = config.train.epochs, split.train.shape[0]
   for epoch in range(start_epoch, epochs + 1):
@@ -249,7 +260,7 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
     for row in rows:
       row['seconds'] = time.perf_counter() - t0
       wd.log_epoch(row)
-    logging.info('epoch %d/%d step %d | %.1fs | val ndcg@100 %s', epoch, epochs, step,
+    log.info('epoch %d/%d step %d | %.1fs | val ndcg@100 %s', epoch, epochs, step,
                  rows[0]['seconds'], ' '.join(f'{v:g}:{r.get(BEST, math.nan):.4f}'
                                               for v, r in zip(values, rows)))
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -270,10 +281,7 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
       'test_eval_seconds': time.perf_counter() - t1,
       'devices': mesh.devices.size, 'platform': jax.devices()[0].platform,
   }
-  if wd.is_writer:
-    tmp = wd.path / 'sweep.json.tmp'
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, wd.path / 'sweep.json')
+  wd.write_results(results, 'sweep.json')
   return results
 
 
@@ -281,10 +289,9 @@ def restore_best_params(workdir: str | Path, config, n_items: int, mesh):
   """The best-by-validation parameters of every model of a finished sweep: [M, ...]."""
   model = models.build(config, n_items)
   optimizer = steps.make_optimizer(config)
-  shapes = jax.eval_shape(lambda k: stack_states(steps.init_state(model, optimizer, k),
-                                                 len(config.sweep.caps)), jax.random.key(0))
-  rep = steps.replicated(mesh)
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+  state = checkpoints.abstract_replicated(
+      lambda: stack_states(steps.init_state(model, optimizer, jax.random.key(0)),
+                           len(config.sweep.caps)), mesh)
   mngr = checkpoints.manager(Path(workdir), config.train.keep_latest)
   abstract = {'states': state, 'best_params': state['params']}
   restored, _ = checkpoints.restore(mngr, mngr.latest_step(), abstract)

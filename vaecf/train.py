@@ -2,49 +2,53 @@
 
 Trains on the training users, selects the epoch with the best validation
 NDCG@100, checkpoints (latest + best), resumes after a kill, and reports the
-test metrics of the best checkpoint.
+test metrics of the best checkpoint (docs/protocol.md).
 """
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from vaecf import checkpoints, evaluate as evaluation, input_pipeline, models, steps
+from vaecf import (checkpoints, console, distributed, evaluate as evaluation, input_pipeline,
+                   models, steps)
+from vaecf.common import VaecfError
+from vaecf.config import validate
 from vaecf.data import load_split
 from vaecf.data.types import Split
 from vaecf.workdir import Workdir
 
+log = logging.getLogger(__name__)
 
-class TrainingDiverged(FloatingPointError):
+
+class TrainingDiverged(VaecfError, FloatingPointError):
   """The loss became NaN/Inf; checkpoints saved before it are left intact."""
 
 
 def import_model_module(config) -> None:
-  """Imports `config.model.module` so an experiment can register its model."""
-  if config.model.module:
-    importlib.import_module(config.model.module)
+  """Imports `config.model.module` so an experiment can register its model.
 
-
-def make_scorer(model: models.Model, mesh, eval_batch_size: int):
-  """(score_fn factory, batch size): score_fn(params) -> evaluator's CSR -> logits."""
-  n = mesh.devices.size
-  batch = -(-eval_batch_size // n) * n  # a multiple of the device count: no padding users
-  score = steps.make_score_fn(model, mesh)
-
-  def for_params(params):
-    params = jax.device_put(params, steps.replicated(mesh))  # no-op if already there
-    def score_fn(x):
-      logits = score(params, input_pipeline.global_batch(x, mesh, -(-x.shape[0] // n)))
-      return logits if logits.shape[0] == x.shape[0] else logits[:x.shape[0]]
-    return score_fn
-  return for_params, batch
+  The name is resolved as usual and then against the current directory, so
+  `experiments.x` works from a checkout whether vaecf runs as `python -m` or
+  through an installed console script (which does not put the directory on the path).
+  """
+  name = config.model.module
+  if not name:
+    return
+  try:
+    importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name != name.split('.')[0] or os.getcwd() in sys.path:
+      raise
+    sys.path.insert(0, os.getcwd())
+    importlib.import_module(name)
 
 
 def evaluate_params(for_params, batch: int, params, split: Split, which: str):
@@ -52,13 +56,13 @@ def evaluate_params(for_params, batch: int, params, split: Split, which: str):
   return evaluation.evaluate(for_params(params), fold_in, targets, batch_size=batch)
 
 
-def _fmt_time(s: float) -> str:
-  s = int(round(s))
-  return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
-
-
 def setup(config, workdir: str | Path, split: Split | None = None):
-  """What every trainer starts from: (workdir, split, mesh, model, optimizer, init key)."""
+  """What every trainer starts from: (workdir, split, mesh, model, optimizer, init key).
+
+  The config is validated and the workdir checked (and locked) before anything is
+  written; the caller closes `workdir` (its lock) when the run ends.
+  """
+  validate(config)
   import_model_module(config)
   wd = Workdir(workdir)
   if split is None:
@@ -68,17 +72,40 @@ def setup(config, workdir: str | Path, split: Split | None = None):
   wd.start(config, split, info)
   model = models.build(config, split.n_items)
   init_key = jax.random.fold_in(jax.random.key(config.train.seed), 0)
-  return wd, split, steps.make_mesh(), model, steps.make_optimizer(config), init_key
+  return wd, split, distributed.make_mesh(), model, steps.make_optimizer(config), init_key
 
 
-def run_epoch(step_fn, state, sched, split: Split, config, mesh, epoch: int):
-  """One shuffled pass over the training users; per-step metrics stay on the device."""
+def run_epoch(step_fn, state, sched, split: Split, config, mesh, epoch: int, *,
+              progress: bool = True):
+  """One shuffled pass over the training users; per-step metrics stay on the device.
+
+  A long epoch shows a progress line (console.Progress); checking it syncs with
+  the device at most once a second, so the step pipeline stays full.
+  """
   history = []
-  for batch in input_pipeline.prefetch(input_pipeline.epoch_batches(
-      split.train, config.train.batch_size, config.train.seed, epoch, mesh)):
+  n_train, b = split.train.shape[0], config.train.batch_size
+  bar = console.Progress(f'epoch {epoch}/{config.train.epochs}', -(-n_train // b),
+                         enabled=progress and jax.process_index() == 0)
+  for i, batch in enumerate(input_pipeline.prefetch(input_pipeline.epoch_batches(
+      split.train, b, config.train.seed, epoch, mesh)), 1):
     state, m = step_fn(state, batch, sched)
     history.append(m)
+    if bar.due():
+      jax.block_until_ready(m)
+      bar.update(i, min(i * b, n_train))
+  bar.close()
   return state, history
+
+
+def _epoch_line(model, epochs: int, row: dict, best: dict, eta: float) -> str:
+  val = row.get(checkpoints.BEST_METRIC)
+  val_txt = (f'val ndcg@100 {val:.4f} (best {best[checkpoints.BEST_METRIC]:.4f} @ '
+             f'{best["epoch"]})' if val is not None else 'no eval')
+  kl_txt = (f" kl {row.get('train_kl', 0.0):.2f} beta {row['beta']:.4f}"
+            if model.uses_beta else '')
+  return (f'epoch {row["epoch"]}/{epochs} step {row["step"]} | loss {row["train_loss"]:.2f}'
+          f'{kl_txt} | {val_txt} | {row["users_per_s"]:.0f} users/s '
+          f'{row["seconds"]:.1f}s/epoch | ETA {console.fmt_time(eta)}')
 
 
 def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = None,
@@ -89,21 +116,30 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
   (used by tests of resumption).
   """
   wd, split, mesh, model, optimizer, init_key = setup(config, workdir, split)
+  try:
+    return _train(config, wd, split, mesh, model, optimizer, init_key, stop_after_epoch)
+  finally:
+    wd.close()
+
+
+def _train(config, wd, split, mesh, model, optimizer, init_key, stop_after_epoch):
   state = jax.jit(lambda k: steps.init_state(model, optimizer, k),
-                  out_shardings=steps.replicated(mesh))(init_key)
+                  out_shardings=distributed.replicated(mesh))(init_key)
   train_step = steps.make_train_step(model, optimizer, mesh, config.train.seed)
   sched = steps.schedule_from_config(config)
-  for_params, eval_batch = make_scorer(model, mesh, config.train.eval_batch_size)
+  for_params, eval_batch = steps.make_scorer(model, mesh, config.train.eval_batch_size)
 
   mngr = checkpoints.manager(wd.path, config.train.keep_latest)
   start_epoch, best = 1, {'epoch': 0, 'step': 0, checkpoints.BEST_METRIC: -math.inf}
   latest = mngr.latest_step()
-  if latest is not None:
+  if latest is None:
+    wd.truncate_metrics(0)  # a kill before the first checkpoint: its rows are not resumed
+  else:
     state, record = checkpoints.restore(mngr, latest, checkpoints.abstract_of(state))
     start_epoch, best = record['epoch'] + 1, record['best']
     wd.truncate_metrics(record['epoch'])
-    logging.info('resumed from epoch %d (step %d) in %s', record['epoch'], record['step'],
-                 wd.path)
+    log.info('resumed from epoch %d (step %d) in %s', record['epoch'], record['step'],
+             wd.path)
 
   epochs = config.train.epochs
   n_train = split.train.shape[0]
@@ -135,13 +171,8 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
     row['seconds'] = time.perf_counter() - t0
     epoch_times.append(row['seconds'])
     wd.log_epoch(row)
-    eta = np.mean(epoch_times[-5:]) * (epochs - epoch)
-    val_txt = (f'val ndcg@100 {val_ndcg:.4f} (best {best[checkpoints.BEST_METRIC]:.4f} @ '
-               f'{best["epoch"]})' if val_ndcg is not None else 'no eval')
-    kl_txt = f" kl {train.get('kl', 0.0):.2f} beta {train['beta']:.4f}" if model.uses_beta else ''
-    logging.info('epoch %d/%d step %d | loss %.2f%s | %s | %.0f users/s %.1fs/epoch | ETA %s',
-                 epoch, epochs, step, train['loss'], kl_txt, val_txt, row['users_per_s'],
-                 row['seconds'], _fmt_time(eta))
+    log.info('%s', _epoch_line(model, epochs, row, best,
+                               np.mean(epoch_times[-5:]) * (epochs - epoch)))
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
       mngr.wait_until_finished()
       return {}
@@ -160,6 +191,7 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
       'devices': mesh.devices.size, 'platform': jax.devices()[0].platform,
   }
   wd.write_results(results)
-  logging.info('best epoch %d: test %s', best['epoch'], json.dumps(
-      {k: round(v, 4) for k, v in test.summary().items()}))
+  log.info('%s', console.results_table(
+      test.summary(), f'test, best epoch {best["epoch"]} (val ndcg@100 '
+      f'{best[checkpoints.BEST_METRIC]:.4f}), {test.n_users} users:'))
   return results

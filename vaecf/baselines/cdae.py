@@ -27,11 +27,13 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
-from vaecf import evaluate, input_pipeline, steps
+from vaecf import distributed, evaluate, input_pipeline
 from vaecf.models import likelihoods, nn
 from vaecf.sparse import SparseRows
 
-AXIS = steps.AXIS
+log = logging.getLogger(__name__)
+
+AXIS = distributed.AXIS
 # Wu et al. use H = 50 and tune the corruption (and lam); we use the Mult-DAE width H = 200,
 # lam fixed (the epoch is chosen on validation) and a higher Adam rate than the VAE's 1e-3,
 # without which 200 epochs of 10 steps leave CDAE near the popularity floor on ML-1M.
@@ -147,18 +149,18 @@ def _user_ids(ids: np.ndarray, mesh, per: int):
   uid = np.zeros(n * per, np.int32)
   uid[:len(ids)] = ids
   local = input_pipeline.select_shards(uid, input_pipeline.local_shard_ids(mesh), n)
-  return steps.put_batch(local, mesh)
+  return input_pipeline.put_batch(local, mesh)
 
 
 def fit(train: sp.csr_matrix, hparams: dict, validation=None) -> tuple[dict, dict]:
   """Trains on the training users; with `validation`, keeps the best epoch by NDCG@100."""
   hp = {**DEFAULTS, **hparams}
-  mesh = steps.make_mesh()
+  mesh = distributed.make_mesh()
   n_users, n_items = train.shape
   optimizer = optax.adam(hp['lr'])
   params = init(jax.random.key(hp['seed']), n_items, n_users, int(hp['hidden']))
   state = jax.device_put({'step': jnp.zeros((), jnp.int32), 'params': params,
-                          'opt_state': optimizer.init(params)}, steps.replicated(mesh))
+                          'opt_state': optimizer.init(params)}, distributed.replicated(mesh))
   step = make_train_step(mesh, hp, optimizer)
   score = make_scorer(mesh, hp)
   n_dev, bs = mesh.devices.size, int(hp['batch_size'])
@@ -181,7 +183,7 @@ def fit(train: sp.csr_matrix, hparams: dict, validation=None) -> tuple[dict, dic
     val = evaluate.evaluate(_score_fn(score, state['params'], mesh), *validation,
                             batch_size=eval_bs).mean('ndcg@100')
     curve.append((epoch, float(np.mean(jax.device_get(losses))), val))
-    logging.info('cdae epoch %d loss %.2f val ndcg@100 %.4f', *curve[-1])
+    log.info('cdae epoch %d loss %.2f val ndcg@100 %.4f', *curve[-1])
     if val > best['ndcg@100']:
       best = {'epoch': epoch, 'ndcg@100': val, 'shared': shared(state)}
   if best['shared'] is None:  # no validation: the last epoch
@@ -199,6 +201,6 @@ def fit(train: sp.csr_matrix, hparams: dict, validation=None) -> tuple[dict, dic
 
 def make_score_fn(arrays: dict, hparams: dict):
   hp = {**DEFAULTS, **hparams}
-  mesh = steps.make_mesh()
-  shared = jax.device_put({k: jnp.asarray(arrays[k]) for k in SHARED}, steps.replicated(mesh))
+  mesh = distributed.make_mesh()
+  shared = jax.device_put({k: jnp.asarray(arrays[k]) for k in SHARED}, distributed.replicated(mesh))
   return _score_fn(make_scorer(mesh, hp), shared, mesh)

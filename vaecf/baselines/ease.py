@@ -25,7 +25,7 @@ def gram(train: sp.csr_matrix) -> np.ndarray:
 
 @jax.jit
 def ease_weights(gram_IxI, lam):
-  """B with B_jj = 0 from the Gram matrix, as PAPER.md's closed form."""
+  """B with B_jj = 0 from the Gram matrix, as docs/protocol.md's closed form."""
   n = gram_IxI.shape[0]
   eye = jnp.eye(n, dtype=gram_IxI.dtype)
   factor = jax.scipy.linalg.cho_factor(gram_IxI + lam * eye)

@@ -11,6 +11,8 @@ from vaecf.data import cache
 from vaecf.data.split import preprocess, strong_generalization_split
 from vaecf.data.types import DataError, Interactions, Split
 
+log = logging.getLogger(__name__)
+
 EMBEDDED = Path(__file__).resolve().parent.parent / 'datasets' / 'ml-latest-small'
 MOVIELENS = ('ml-100k', 'ml-1m', 'ml-20m', 'ml-latest-small')
 
@@ -68,16 +70,16 @@ def load_split(data_config, *, use_cache: bool = True) -> tuple[Split, dict]:
   if use_cache and file.exists():
     try:
       split, info = cache.load(file)
-      logging.info('loaded cached split %s', file)
+      log.info('loaded cached split %s', file)
       return split, info
     except Exception as e:  # a damaged cache is rebuilt, never trusted
-      logging.warning('ignoring unreadable split cache %s (%s)', file, e)
+      log.warning('ignoring unreadable split cache %s (%s)', file, e)
   inter = read(data_config, path)
   kept, report = preprocess(inter, rating_threshold=data_config.rating_threshold,
                             min_user_count=data_config.min_user_count,
                             min_item_count=data_config.min_item_count)
   if report.duplicates:
-    logging.warning('%s: %d duplicate (user, item) rows counted once', path, report.duplicates)
+    log.warning('%s: %d duplicate (user, item) rows counted once', path, report.duplicates)
   split = strong_generalization_split(kept, data_config.n_heldout_users,
                                       seed=data_config.split_seed, test_prop=data_config.test_prop)
   info = {'name': data_config.name, 'path': str(path), 'preprocess': vars(report),

@@ -70,6 +70,8 @@ def format_summary(info: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from vaecf import console
+  console.setup()
   split, info = load_split(FLAGS.config.data)
   print(format_summary(info))
   if FLAGS.export_dir:
@@ -77,5 +79,10 @@ def main(argv):
     print(f'wrote {FLAGS.export_dir}: ' + json.dumps(counts))
 
 
-if __name__ == '__main__':
+def run():
+  """Console script entry point (vaecf-data)."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

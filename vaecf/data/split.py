@@ -1,4 +1,4 @@
-"""Preprocessing and the paper's strong-generalisation split (PAPER.md, steps 1-4).
+"""Preprocessing and the paper's strong-generalisation split (docs/protocol.md, steps 1-4).
 
 The split reproduces the authors' notebook draw for draw: the same legacy
 `np.random` streams, the same user order (sorted ids, then permuted) and the same
@@ -148,7 +148,7 @@ def _heldout(inter: Interactions, group_users: np.ndarray, item_ids: np.ndarray,
 def strong_generalization_split(inter: Interactions, n_heldout_users: int, *,
                                 seed: int = 98765, test_prop: float = 0.2,
                                 min_items_to_split: int = 5) -> Split:
-  """Held-out-user split of PAPER.md; identical to the authors' code on the same input."""
+  """Held-out-user split of docs/protocol.md; identical to the authors' code on the same input."""
   unique_users = sorted_unique(inter.users)  # sorted, as pandas' groupby index
   n = len(unique_users)
   h = int(n_heldout_users)

@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from vaecf.common import Params
 from vaecf.models import dae, nn, vae
 
-Params = Any
+__all__ = ['Model', 'Params', 'register', 'available', 'build']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Model:
   loss(params, x, key, beta) -> (per-user loss [B], {name: per-user [B]})
   score(params, x) -> logits [B, I] (evaluation mode)
   penalty(params) -> scalar added once per step (e.g. lam * sum ||W||^2)
+  fallback(params) -> scores [I] for a user with no history (None: score an empty row)
   """
   name: str
   init: Callable
@@ -32,6 +34,7 @@ class Model:
   score: Callable
   penalty: Callable = lambda params: jnp.zeros(())
   uses_beta: bool = False
+  fallback: Callable | None = None
 
 
 _FACTORIES: dict[str, Callable[[Any, int], Model]] = {}
@@ -89,7 +92,10 @@ def _multvae(config, n_items: int) -> Model:
                              likelihood=m.likelihood, **_common(config)),
       score=functools.partial(vae.score, **_common(config)),
       penalty=weight_penalty(lam),
-      uses_beta=True)
+      uses_beta=True,
+      # With no evidence the posterior is the prior: rank by the decoder at its mean.
+      fallback=functools.partial(vae.prior_mean_scores, latent_dim=m.latent_dim,
+                                 dtype=_dtype(config)))
 
 
 @register('multdae')

@@ -1,4 +1,4 @@
-"""Mult-DAE (PAPER.md): a denoising autoencoder [I -> 200 -> I] with an L2 weight penalty."""
+"""Mult-DAE (docs/protocol.md): a denoising autoencoder [I -> 200 -> I] with an L2 weight penalty."""
 from __future__ import annotations
 
 import jax.numpy as jnp

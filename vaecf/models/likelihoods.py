@@ -2,7 +2,7 @@
 
 Each is written as (sum over the user's nonzeros) + (sum over all items of a term
 that does not depend on x), so the dense x is never built; for binary x these
-equal the dense formulas of PAPER.md exactly.
+equal the dense formulas of docs/protocol.md exactly.
 """
 from __future__ import annotations
 

@@ -10,9 +10,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from vaecf.common import Params
 from vaecf.sparse import SparseRows
-
-Params = dict
 
 
 def init_dense(key, d_in: int, d_out: int, bias_std: float = 0.001) -> Params:

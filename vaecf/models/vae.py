@@ -1,4 +1,4 @@
-"""Mult-VAE (PAPER.md): encoder, reparameterisation, decoder and the negative ELBO."""
+"""Mult-VAE (docs/protocol.md): encoder, reparameterisation, decoder and the negative ELBO."""
 from __future__ import annotations
 
 import jax
@@ -34,6 +34,11 @@ def sample(key, mu_BxK, logvar_BxK, user_pos_B):
 
 def decode(params, z_BxK, *, dtype=None):
   return nn.mlp(params['decoder'], z_BxK, dtype=dtype)
+
+
+def prior_mean_scores(params, *, latent_dim: int, dtype=None):
+  """Logits [I] of the decoder at z = 0, the prior mean: the ranking for an empty history."""
+  return decode(params, jnp.zeros((1, latent_dim), jnp.float32), dtype=dtype)[0]
 
 
 def kl_divergence(mu_BxK, logvar_BxK):

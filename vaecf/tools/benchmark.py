@@ -1,6 +1,6 @@
 """Throughput of the real training step and evaluator on a paper-sized synthetic matrix.
 
-  python -m vaecf.benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
+  python -m vaecf.tools.benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
       [--dtype=float32] [--devices=N] [--steps=30] [--compare_dense]
 
 The click matrix has the training shape and density of the chosen paper dataset
@@ -20,11 +20,11 @@ import numpy as np
 import scipy.sparse as sp
 from absl import app, flags
 
-from vaecf import evaluate, input_pipeline, models, steps, train
+from vaecf import distributed, evaluate, input_pipeline, models, steps
 from vaecf.config import base_config
 from vaecf.data.split import sorted_unique
 
-# Training users x items and mean items per user of the paper's datasets (PAPER.md).
+# Training users x items and mean items per user of the paper's datasets (docs/protocol.md).
 SHAPES = {
     'ml20m': (116_677, 20_108, 73.1),
     'netflix': (383_435, 17_769, 122.8),
@@ -32,15 +32,6 @@ SHAPES = {
     'tiny': (2_000, 1_000, 20.0),
 }
 
-flags.DEFINE_enum('shape', 'ml20m', list(SHAPES), 'Which paper dataset to imitate.')
-flags.DEFINE_enum('model', 'multvae', ['multvae', 'multdae'], 'Model.')
-flags.DEFINE_integer('batch_size', 500, 'Training users per step.')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Matmul compute dtype.')
-flags.DEFINE_integer('devices', 0, 'Devices to use (0: all).')
-flags.DEFINE_integer('steps', 30, 'Timed training steps (after warm-up).')
-flags.DEFINE_integer('eval_users', 4000, 'Held-out users scored for the eval timing.')
-flags.DEFINE_bool('compare_dense', False, 'Also time the same step with a dense input layer.')
-FLAGS = flags.FLAGS
 
 
 def synthetic_clicks(n_users: int, n_items: int, mean_len: float, seed: int = 0,
@@ -103,7 +94,7 @@ def time_train_step(config, x: sp.csr_matrix, mesh, n_steps: int) -> dict[str, f
   model = models.build(config, x.shape[1])
   opt = steps.make_optimizer(config)
   state = jax.jit(lambda k: steps.init_state(model, opt, k),
-                  out_shardings=steps.replicated(mesh))(jax.random.key(0))
+                  out_shardings=distributed.replicated(mesh))(jax.random.key(0))
   step = steps.make_train_step(model, opt, mesh, seed=0)
   sched = steps.schedule_from_config(config)
   b = config.train.batch_size
@@ -131,8 +122,8 @@ def time_train_step(config, x: sp.csr_matrix, mesh, n_steps: int) -> dict[str, f
 def time_eval(config, x: sp.csr_matrix, mesh) -> float:
   """Evaluation users/s: scoring, fold-in masking, top-100 and the metrics."""
   model = models.build(config, x.shape[1])
-  params = jax.jit(model.init, out_shardings=steps.replicated(mesh))(jax.random.key(1))
-  for_params, batch = train.make_scorer(model, mesh, config.train.eval_batch_size)
+  params = jax.jit(model.init, out_shardings=distributed.replicated(mesh))(jax.random.key(1))
+  for_params, batch = steps.make_scorer(model, mesh, config.train.eval_batch_size)
   rng = np.random.default_rng(1)
   is_target = rng.random(x.nnz) < 0.2
   fold_in = sp.csr_matrix((x.data * ~is_target, x.indices, x.indptr), shape=x.shape)
@@ -158,7 +149,7 @@ def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 
   config.model.name = model
   config.model.compute_dtype = dtype
   config.train.batch_size = batch_size
-  mesh = steps.make_mesh(jax.devices()[:devices] if devices else None)
+  mesh = distributed.make_mesh(jax.devices()[:devices] if devices else None)
   sample = x[np.random.default_rng(2).permutation(n_users)[:(n_steps + 1) * batch_size]]
   out = {'shape': shape, 'model': model, 'batch_size': batch_size, 'dtype': dtype,
          'devices': int(mesh.devices.size), 'platform': jax.devices()[0].platform,
@@ -193,12 +184,33 @@ def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 
   return out
 
 
+def _define_flags():
+  flags.DEFINE_enum('shape', 'ml20m', list(SHAPES), 'Which paper dataset to imitate.')
+  flags.DEFINE_enum('model', 'multvae', ['multvae', 'multdae'], 'Model.')
+  flags.DEFINE_integer('batch_size', 500, 'Training users per step.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Matmul compute dtype.')
+  flags.DEFINE_integer('devices', 0, 'Devices to use (0: all).')
+  flags.DEFINE_integer('steps', 30, 'Timed training steps (after warm-up).')
+  flags.DEFINE_integer('eval_users', 4000, 'Held-out users scored for the eval timing.')
+  flags.DEFINE_bool('compare_dense', False, 'Also time the same step with a dense input layer.')
+
+
 def main(argv):
-  del argv
-  out = run(FLAGS.shape, FLAGS.model, FLAGS.batch_size, FLAGS.dtype, FLAGS.devices,
-            FLAGS.steps, FLAGS.eval_users, FLAGS.compare_dense)
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from vaecf import console
+  console.setup()
+  f = flags.FLAGS
+  out = run(f.shape, f.model, f.batch_size, f.dtype, f.devices, f.steps, f.eval_users,
+            f.compare_dense)
   print(json.dumps(out))
 
 
-if __name__ == '__main__':
+def cli():
+  """Console script entry point (vaecf-benchmark); flags exist only for the command."""
+  _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  cli()

@@ -1,29 +1,20 @@
-"""Top-N recommendations for new users from a trained workdir (the paper's fold-in).
+"""`Recommender`: top-N for users given as histories of ORIGINAL item ids (the fold-in).
 
-  rec = vaecf.Recommender.from_workdir('/tmp/vaecf-default')
-  print(rec.recommend([1, 2355, 3114], n=10))
+It wraps any `score_fn(csr [B, I]) -> scores [B, I]` over the model's columns and
+imports no model or training code, so a trained workdir (vaecf.serving.load), a
+saved baseline and an export (vaecf.serving.export) are all served by this class.
 
-  python -m vaecf.recommend --workdir=DIR --items=1,2355,3114 --n=10
-  python -m vaecf.recommend --workdir=DIR --input=histories.csv --output=recs.csv
-  python -m vaecf.recommend --workdir=DIR --export=DIR/export   # see vaecf/serving.py
-
-Histories and results use ORIGINAL item ids. Unknown ids are warned about,
-ignored and listed; duplicates count once (the training data is binary). A user
-with no known item gets the model's `fallback` scores: for Mult-VAE the decoder
-at z = 0, the prior mean (with no evidence the posterior is the prior, and
-scoring always decodes the mean of z); for other models their scores for an
-empty row. Scores are the model's logits, comparable within one user. This module
-imports no model or training code, so an exported model (vaecf/serving.py) is
-served through the same class.
+Unknown ids are warned about, ignored and listed; duplicates count once (the
+training data is binary). A user with no known item gets the model's `fallback`
+scores (for Mult-VAE the decoder at z = 0, the prior mean; for other models their
+scores for an empty row). Scores are the model's logits, comparable within one user.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import logging
-from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +22,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from vaecf import sparse
+from vaecf.common import ScoreFn
 
-ScoreFn = Callable[[sp.csr_matrix], 'jax.Array | np.ndarray']
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,18 +79,11 @@ class Recommender:
       fallback = np.asarray(self.score_fn(sp.csr_matrix((1, self.n_items), dtype=np.float32)))[0]
     fallback = np.asarray(fallback, np.float32)
     if not np.isfinite(fallback).all():  # never rank by NaN: worst finite score instead
-      logging.warning('the fallback scores hold non-finite values; they are set to the '
+      log.warning('the fallback scores hold non-finite values; they are set to the '
                       'lowest finite score')
       finite = fallback[np.isfinite(fallback)]
       fallback = np.where(np.isfinite(fallback), fallback, finite.min() if finite.size else 0.0)
     self.fallback = fallback.astype(np.float32)
-
-  @classmethod
-  def from_workdir(cls, workdir: str | Path, step: int | None = None, *,
-                   titles: str | Path | bool | None = None) -> 'Recommender':
-    """Loads a trained model (best checkpoint unless `step`) or a saved baseline."""
-    from vaecf import serving  # imports the model code only now
-    return serving.from_workdir(workdir, step, titles=titles)
 
   # -- histories <-> model columns ---------------------------------------------------------
 
@@ -137,7 +122,7 @@ class Recommender:
     n_unknown = sum(len(n['unknown']) for n in notes)
     if n_unknown:
       first = [i for n in notes for i in n['unknown']][:5]
-      logging.warning('%d item id(s) not in the model\'s catalogue were ignored (e.g. %s)',
+      log.warning('%d item id(s) not in the model\'s catalogue were ignored (e.g. %s)',
                       n_unknown, ', '.join(map(str, first)))
     x = sp.csr_matrix((np.ones(len(cols), np.float32), np.asarray(cols, np.int32), indptr),
                       shape=(len(notes), self.n_items))
@@ -203,104 +188,3 @@ class Recommender:
 
   def title(self, item) -> str | None:
     return self.titles.get(self._key(item))
-
-  def export(self, out_dir: str | Path, **kw) -> Path:
-    """Writes the scoring function and id map for serving (see vaecf.serving)."""
-    from vaecf import serving
-    return serving.export(self, out_dir, **kw)
-
-
-# -- the command ---------------------------------------------------------------------------
-
-def read_histories(path: str | Path) -> dict[str, list[str]]:
-  """{user: [item, ...]} from user,item rows (a 'user,item' header is allowed)."""
-  out: dict[str, list[str]] = {}
-  with open(path, newline='') as f:
-    for lineno, row in enumerate(csv.reader(f), 1):
-      if not row or (lineno == 1 and [c.strip().lower() for c in row[:2]] == ['user', 'item']):
-        continue
-      if len(row) < 2:
-        raise ValueError(f'{path}, line {lineno}: expected user,item, got {row!r}')
-      out.setdefault(row[0].strip(), []).append(row[1].strip())
-  return out
-
-
-def write_recommendations(path: str | Path, users: Sequence, recs: Sequence[Recommendations]
-                          ) -> None:
-  """user,rank,item,score rows (and title where the dataset has titles)."""
-  with_titles = any(r.titles for r in recs)
-  with open(path, 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(['user', 'rank', 'item', 'score'] + (['title'] if with_titles else []))
-    for u, r in zip(users, recs):
-      for rank, (i, s) in enumerate(zip(r.items, r.scores), 1):
-        w.writerow([u, rank, i, f'{s:.6g}'] + ([r.titles[rank - 1] or ''] if with_titles else []))
-
-
-def _describe_history(rec: Recommender, r: Recommendations) -> str:
-  lines = [f'History: {len(r.history)} known item(s)' + (
-      ' - none known, ranked by the model\'s fallback (no history)' if r.fallback else '')]
-  lines += [f'  {str(i):>8}  {rec.title(i) or ""}' for i in r.history]
-  if r.unknown:
-    lines.append('Ignored (not in the catalogue): ' + ', '.join(map(str, r.unknown)))
-  if r.duplicates:
-    lines.append('Given more than once (counted once): ' + ', '.join(map(str, r.duplicates)))
-  return '\n'.join(lines)
-
-
-def main(argv):
-  from absl import app, flags, logging as absl_logging
-  FLAGS = flags.FLAGS
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # a user-facing command: warnings, not orbax's INFO
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  if bool(FLAGS.workdir) == bool(FLAGS.exported):
-    raise app.UsageError('give one of --workdir (a trained run) or --exported (an export)')
-  if FLAGS.input and not FLAGS.output:
-    raise app.UsageError('--input needs --output=recs.csv')
-  if FLAGS.items is not None and FLAGS.input:
-    raise app.UsageError('give --items or --input, not both')
-  if FLAGS.exported:
-    from vaecf import serving
-    rec = serving.load_exported(FLAGS.exported)
-  else:
-    rec = Recommender.from_workdir(FLAGS.workdir, FLAGS.step, titles=FLAGS.titles or None)
-  if FLAGS.export:
-    print(f'exported to {rec.export(FLAGS.export)}')
-  if FLAGS.input:
-    histories = read_histories(FLAGS.input)
-    users = list(histories)
-    recs = rec.recommend_batch([histories[u] for u in users], FLAGS.n, FLAGS.exclude_seen)
-    write_recommendations(FLAGS.output, users, recs)
-    n_fb = sum(r.fallback for r in recs)
-    print(f'wrote {sum(len(r.items) for r in recs)} rows for {len(users)} users to '
-          f'{FLAGS.output}' + (f' ({n_fb} with no known item: fallback)' if n_fb else ''))
-  elif FLAGS.items is not None:
-    r = rec.recommend(FLAGS.items, FLAGS.n, FLAGS.exclude_seen)
-    print(f'{_describe_history(rec, r)}\nTop {len(r.items)}:\n{r}')
-    if FLAGS.output:
-      write_recommendations(FLAGS.output, ['user'], [r])
-  elif not FLAGS.export:
-    raise app.UsageError('give --items=ID,ID,... or --input=histories.csv (or --export=DIR)')
-
-
-def _define_flags():
-  from absl import flags
-  flags.DEFINE_string('workdir', None, 'A trained workdir (vaecf.main or a saved baseline).')
-  flags.DEFINE_string('exported', None, 'An export folder (vaecf.serving) instead of a workdir.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the best.')
-  flags.DEFINE_list('items', None, 'One history: original item ids, comma-separated.')
-  flags.DEFINE_string('input', None, 'CSV of user,item rows: one history per user.')
-  flags.DEFINE_string('output', None, 'CSV to write user,rank,item,score[,title] rows to.')
-  flags.DEFINE_integer('n', 10, 'Recommendations per user.', lower_bound=1)
-  flags.DEFINE_bool('exclude_seen', True, 'Leave the history\'s own items out.')
-  flags.DEFINE_string('titles', None, 'A movies.csv/movies.dat/u.item (default: beside the '
-                      'ratings the run was trained on).')
-  flags.DEFINE_string('export', None, 'Also write an export for serving to this folder.')
-
-
-if __name__ == '__main__':
-  from absl import app
-  _define_flags()
-  app.run(main)

@@ -1,5 +1,11 @@
 """PNG plots of a workdir's metrics, a beta sweep and the user-activity breakdown.
 
+  python -m vaecf.tools.plots --workdir=DIR [--out=DIR2]   (or vaecf-plot)
+
+The command reads DIR/metrics.jsonl (a single run or a sweep) and DIR/sweep.json when
+present, and writes PNGs (validation NDCG@100 against epoch and beta, a sweep's
+summary); it works on a run still in progress.
+
 matplotlib is optional (`pip install 'vaecf[plot]'`) and imported only when a plot
 is drawn. Figures are built with `matplotlib.figure.Figure`, never pyplot, so no
 backend or global state is touched.
@@ -124,3 +130,28 @@ def plot_workdir(workdir: str | Path, out: str | Path | None = None) -> list[Pat
     written.append(sweep_summary(json.loads((workdir / 'sweep.json').read_text()),
                                  out / 'sweep_ndcg.png'))
   return written
+
+
+def main(argv):
+  from absl import app, flags
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  try:
+    for path in plot_workdir(f.workdir, f.out):
+      print(path)
+  except MissingMatplotlib as e:
+    raise app.UsageError(str(e)) from e
+
+
+def cli():
+  """Console script entry point (vaecf-plot)."""
+  from absl import app, flags
+  flags.DEFINE_string('workdir', None, 'A run or sweep directory holding metrics.jsonl.')
+  flags.DEFINE_string('out', None, 'Where to write the PNGs (default: the workdir).')
+  flags.mark_flag_as_required('workdir')
+  app.run(main)
+
+
+if __name__ == '__main__':
+  cli()

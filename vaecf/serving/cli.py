@@ -1,0 +1,124 @@
+"""The recommend command: `vaecf-recommend` or `python -m vaecf.serving`.
+
+  python -m vaecf.serving --workdir=DIR --items=1,2355,3114 --n=10
+  python -m vaecf.serving --workdir=DIR --input=histories.csv --output=recs.csv
+  python -m vaecf.serving --workdir=DIR --export=DIR/export
+  python -m vaecf.serving --exported=DIR/export --items=1,2355
+
+Histories and results use ORIGINAL item ids (see vaecf.serving.recommender).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+from vaecf.serving.recommender import Recommendations, Recommender
+
+
+def read_histories(path: str | Path) -> dict[str, list[str]]:
+  """{user: [item, ...]} from user,item rows (a 'user,item' header is allowed).
+
+  A UTF-8 byte-order mark is dropped and fields are unquoted (csv); a row with an
+  empty user or item id is an error naming its line.
+  """
+  out: dict[str, list[str]] = {}
+  with open(path, newline='', encoding='utf-8-sig') as f:
+    for lineno, row in enumerate(csv.reader(f), 1):
+      if not row or (lineno == 1 and [c.strip().lower() for c in row[:2]] == ['user', 'item']):
+        continue
+      if len(row) < 2:
+        raise ValueError(f'{path}, line {lineno}: expected user,item, got {row!r}')
+      user, item = row[0].strip(), row[1].strip()
+      if not user or not item:
+        raise ValueError(f'{path}, line {lineno}: empty {"user" if not user else "item"} id '
+                         f'in {row!r}')
+      out.setdefault(user, []).append(item)
+  return out
+
+
+def write_recommendations(path: str | Path, users: Sequence, recs: Sequence[Recommendations]
+                          ) -> None:
+  """user,rank,item,score rows (and title where the dataset has titles)."""
+  with_titles = any(r.titles for r in recs)
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['user', 'rank', 'item', 'score'] + (['title'] if with_titles else []))
+    for u, r in zip(users, recs):
+      for rank, (i, s) in enumerate(zip(r.items, r.scores), 1):
+        w.writerow([u, rank, i, f'{s:.6g}'] + ([r.titles[rank - 1] or ''] if with_titles else []))
+
+
+def _describe_history(rec: Recommender, r: Recommendations) -> str:
+  lines = [f'History: {len(r.history)} known item(s)' + (
+      ' - none known, ranked by the model\'s fallback (no history)' if r.fallback else '')]
+  lines += [f'  {str(i):>8}  {rec.title(i) or ""}' for i in r.history]
+  if r.unknown:
+    lines.append('Ignored (not in the catalogue): ' + ', '.join(map(str, r.unknown)))
+  if r.duplicates:
+    lines.append('Given more than once (counted once): ' + ', '.join(map(str, r.duplicates)))
+  return '\n'.join(lines)
+
+
+def main(argv):
+  from absl import app, flags
+  from vaecf import console
+  FLAGS = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  console.setup()
+  if bool(FLAGS.workdir) == bool(FLAGS.exported):
+    raise app.UsageError('give one of --workdir (a trained run) or --exported (an export)')
+  if FLAGS.input and not FLAGS.output:
+    raise app.UsageError('--input needs --output=recs.csv')
+  if FLAGS.items is not None and FLAGS.input:
+    raise app.UsageError('give --items or --input, not both')
+  if FLAGS.exported:
+    from vaecf.serving.export import load_exported
+    rec = load_exported(FLAGS.exported)
+  else:
+    from vaecf.serving.load import from_workdir
+    rec = from_workdir(FLAGS.workdir, FLAGS.step, titles=FLAGS.titles or None,
+                       trust_code=FLAGS.trust_code)
+  if FLAGS.export:
+    from vaecf.serving.export import export
+    print(f'exported to {export(rec, FLAGS.export)}')
+  if FLAGS.input:
+    histories = read_histories(FLAGS.input)
+    users = list(histories)
+    recs = rec.recommend_batch([histories[u] for u in users], FLAGS.n, FLAGS.exclude_seen)
+    write_recommendations(FLAGS.output, users, recs)
+    n_fb = sum(r.fallback for r in recs)
+    print(f'wrote {sum(len(r.items) for r in recs)} rows for {len(users)} users to '
+          f'{FLAGS.output}' + (f' ({n_fb} with no known item: fallback)' if n_fb else ''))
+  elif FLAGS.items is not None:
+    r = rec.recommend(FLAGS.items, FLAGS.n, FLAGS.exclude_seen)
+    print(f'{_describe_history(rec, r)}\nTop {len(r.items)}:\n{r}')
+    if FLAGS.output:
+      write_recommendations(FLAGS.output, ['user'], [r])
+  elif not FLAGS.export:
+    raise app.UsageError('give --items=ID,ID,... or --input=histories.csv (or --export=DIR)')
+
+
+def _define_flags():
+  from absl import flags
+  flags.DEFINE_string('workdir', None, 'A trained workdir (vaecf.main or a saved baseline).')
+  flags.DEFINE_string('exported', None, 'An export folder (vaecf.serving) instead of a workdir.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the best.')
+  flags.DEFINE_list('items', None, 'One history: original item ids, comma-separated.')
+  flags.DEFINE_string('input', None, 'CSV of user,item rows: one history per user.')
+  flags.DEFINE_string('output', None, 'CSV to write user,rank,item,score[,title] rows to.')
+  flags.DEFINE_integer('n', 10, 'Recommendations per user.', lower_bound=1)
+  flags.DEFINE_bool('exclude_seen', True, 'Leave the history\'s own items out.')
+  flags.DEFINE_string('titles', None, 'A movies.csv/movies.dat/u.item (default: beside the '
+                      'ratings the run was trained on).')
+  flags.DEFINE_string('export', None, 'Also write an export for serving to this folder.')
+  flags.DEFINE_bool('trust_code', False, 'Import the model module named in the workdir\'s '
+                    'config.json (runs its code); needed for experiment models only.')
+
+
+def run():
+  """Console script entry point (vaecf-recommend)."""
+  from absl import app
+  _define_flags()
+  app.run(main)
