@@ -289,4 +289,4 @@ if __name__ == '__main__':
   flags.DEFINE_list('models', list(MODELS), f'Models to run, from {MODELS}.')
   flags.DEFINE_list('likelihoods', list(LIKELIHOODS), 'Likelihoods for Mult-VAE/DAE.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(console.guarded(main))

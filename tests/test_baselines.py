@@ -158,7 +158,7 @@ def test_saved_baseline_loads_and_scores_the_same(tmp_path, name, hp):
   x = _clicks(50, 12, seed=11)
   fitted = baselines.fit(name, x, hp)
   item_ids = np.arange(100, 112)
-  baselines.save_fitted(tmp_path / name, fitted, item_ids)
+  baselines.save(tmp_path / name, fitted.name, fitted.hparams, fitted.arrays, item_ids, fitted.info)
   loaded, ids = baselines.load_fitted(tmp_path / name)
   assert loaded.name == name and loaded.hparams == fitted.hparams
   np.testing.assert_array_equal(ids, item_ids)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import vaecf
 from vaecf import serving
 from vaecf import checkpoints, distributed, evaluate, models, steps, train
 from vaecf.config import base_config
@@ -228,7 +227,7 @@ def test_baseline_workdir(tmp_path, trained):
   baselines = pytest.importorskip('vaecf.baselines')
   split = trained[3]
   fitted = baselines.fit('popularity', split.train, {})
-  baselines.save_fitted(tmp_path / 'wd', fitted, split.item_ids)
+  baselines.save(tmp_path / 'wd', fitted.name, fitted.hparams, fitted.arrays, split.item_ids, fitted.info)
   rec = serving.from_workdir(tmp_path / 'wd', titles=EMBEDDED)
   ref = evaluate.evaluate(fitted.score_fn, split.val_tr, split.val_te)
   got = evaluate.evaluate(rec.scores, split.val_tr, split.val_te)

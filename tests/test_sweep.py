@@ -32,6 +32,10 @@ def embedded_split(tmp_path_factory):
   return load_split(small_config(tmp_path_factory.mktemp('data')).data)[0]
 
 
+def _unstack(tree, m: int):
+  return jax.tree.map(lambda a: a[m], tree)
+
+
 def _leaves_close(a, b, rtol, atol):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
@@ -65,7 +69,7 @@ def test_vmapped_sweep_step_equals_single_steps(tmp_path, embedded_split, mode, 
     sched = steps.schedule_from_config(sweep.model_config(c, v))
     for b in batches:
       state, metrics = single(state, b, sched)
-    _leaves_close(sweep.unstack(states['params'], m), state['params'], rtol=1e-5, atol=1e-6)
+    _leaves_close(_unstack(states['params'], m), state['params'], rtol=1e-5, atol=1e-6)
     assert float(metrics_m['beta'][m]) == pytest.approx(float(metrics['beta']))
     assert float(metrics_m['loss'][m]) == pytest.approx(float(metrics['loss']), rel=1e-5)
   betas = np.asarray(metrics_m['beta'])

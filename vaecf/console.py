@@ -69,6 +69,13 @@ def guard(fn, *args, **kwargs):
     raise SystemExit(1) from None
 
 
+def guarded(main):
+  """`app.run(console.guarded(main))`: main, with user-facing errors as one line."""
+  def run(argv):
+    return guard(main, argv)
+  return run
+
+
 def fmt_time(s: float) -> str:
   s = int(round(s))
   return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'

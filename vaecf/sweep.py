@@ -93,10 +93,6 @@ def stack_states(state, n_models: int):
           'opt_state': copies(state['opt_state'])}
 
 
-def unstack(tree, m: int):
-  return jax.tree.map(lambda a: a[m], tree)
-
-
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _keep_best(best_M, params_M, improved_M):
   def pick(b, p):

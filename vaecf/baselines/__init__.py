@@ -26,15 +26,14 @@ import dataclasses
 import functools
 import importlib
 import json
-import os
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 
+from vaecf.common import ScoreFn, atomic_write
+
 NAMES = ('popularity', 'ease', 'wmf', 'slim', 'cdae')
-ScoreFn = Callable[[sp.csr_matrix], Any]
 
 
 def module(name: str):
@@ -75,28 +74,16 @@ def fit(name: str, train: sp.csr_matrix, hparams: dict, *, validation=None) -> F
   return Fitted(name, hparams, arrays, info)
 
 
-def _write_atomic(path: Path, write) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'wb') as f:
-    write(f)
-  os.replace(tmp, path)
-
-
 def save(workdir: str | Path, name: str, hparams: dict, arrays: dict[str, np.ndarray],
          item_ids: np.ndarray, info: dict | None = None) -> Path:
   """Writes the persisted format; baseline.json goes last, so its presence means complete."""
   wd = Path(workdir)
   wd.mkdir(parents=True, exist_ok=True)
-  _write_atomic(wd / 'arrays.npz', lambda f: np.savez(f, **arrays))
-  _write_atomic(wd / 'item_ids.npy', lambda f: np.save(f, np.asarray(item_ids)))
+  atomic_write(wd / 'arrays.npz', lambda f: np.savez(f, **arrays))
+  atomic_write(wd / 'item_ids.npy', lambda f: np.save(f, np.asarray(item_ids)))
   meta = {'name': name, 'hparams': hparams, 'info': info or {}}
-  _write_atomic(wd / 'baseline.json',
-                lambda f: f.write(json.dumps(meta, indent=2, default=float).encode()))
+  atomic_write(wd / 'baseline.json', json.dumps(meta, indent=2, default=float))
   return wd
-
-
-def save_fitted(workdir: str | Path, fitted: Fitted, item_ids: np.ndarray) -> Path:
-  return save(workdir, fitted.name, fitted.hparams, fitted.arrays, item_ids, fitted.info)
 
 
 def load_fitted(workdir: str | Path) -> tuple[Fitted, np.ndarray]:

@@ -81,7 +81,8 @@ def main(argv):
 
 def run():
   """Console script entry point (vaecf-data)."""
-  app.run(main)
+  from vaecf import console
+  app.run(console.guarded(main))
 
 
 if __name__ == '__main__':

@@ -120,5 +120,6 @@ def _define_flags():
 def run():
   """Console script entry point (vaecf-recommend)."""
   from absl import app
+  from vaecf import console
   _define_flags()
-  app.run(main)
+  app.run(console.guarded(main))

@@ -8,7 +8,6 @@ import json
 import logging
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from vaecf.serving.recommender import Recommender
@@ -90,11 +89,11 @@ def from_workdir(workdir: str | Path, step: int | None = None, *, titles=None,
     step = _best_step(wd, mngr)
   elif step not in mngr.all_steps():
     raise FileNotFoundError(f'no checkpoint step {step} in {wd}; saved: {mngr.all_steps()}')
-  mesh = distributed.make_mesh()
-  abstract = checkpoints.abstract_replicated(
-      lambda: steps.init_state(model, steps.make_optimizer(config), jax.random.key(0)), mesh)
-  state, _ = checkpoints.restore(mngr, step, abstract)
+  # Restored from the checkpoint's own metadata: any device count or process layout
+  # that saved it loads here, and no optimizer needs building.
+  state, _ = checkpoints.load_state(wd, step)
   params = state['params']
+  mesh = distributed.make_mesh()
   for_params, batch = steps.make_scorer(model, mesh, config.train.eval_batch_size)
   # None: the Recommender scores an empty row with the model itself.
   fallback = None if model.fallback is None else np.asarray(model.fallback(params))

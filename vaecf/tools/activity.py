@@ -166,7 +166,8 @@ def cli():
   flags.DEFINE_bool('trust_code', False, 'Import experiment model modules named in the '
                     'workdirs\' config.json (runs their code).')
   flags.mark_flags_as_required(['workdirs', 'out'])
-  app.run(main)
+  from vaecf import console
+  app.run(console.guarded(main))
 
 
 if __name__ == '__main__':

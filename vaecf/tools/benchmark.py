@@ -208,8 +208,9 @@ def main(argv):
 
 def cli():
   """Console script entry point (vaecf-benchmark); flags exist only for the command."""
+  from vaecf import console
   _define_flags()
-  app.run(main)
+  app.run(console.guarded(main))
 
 
 if __name__ == '__main__':

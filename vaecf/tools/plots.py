@@ -150,7 +150,8 @@ def cli():
   flags.DEFINE_string('workdir', None, 'A run or sweep directory holding metrics.jsonl.')
   flags.DEFINE_string('out', None, 'Where to write the PNGs (default: the workdir).')
   flags.mark_flag_as_required('workdir')
-  app.run(main)
+  from vaecf import console
+  app.run(console.guarded(main))
 
 
 if __name__ == '__main__':
