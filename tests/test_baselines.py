@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from vaecf import baselines, sparse
+from vaecf import baselines, evaluate, sparse
 from vaecf.baselines import cdae, ease, slim, wmf
 
 
@@ -13,16 +13,29 @@ def _clicks(n_users=40, n_items=15, density=0.3, seed=0):
   return x
 
 
-def test_ease_equals_a_direct_numpy_solve():
-  x, lam = _clicks(), 7.0
+@pytest.mark.parametrize('form', ['auto', 'primal', 'dual'])
+@pytest.mark.parametrize('n_users,n_items', [(40, 15), (12, 60)])
+def test_ease_equals_a_direct_numpy_solve(form, n_users, n_items):
+  x, lam = _clicks(n_users, n_items), 7.0
   d = x.toarray().astype(np.float64)
   p = np.linalg.inv(d.T @ d + lam * np.eye(d.shape[1]))
   expect = np.eye(d.shape[1]) - p / np.diag(p)[None, :]
-  fitted = baselines.fit('ease', x, {'lam': lam})
+  fitted = baselines.fit('ease', x, {'lam': lam, 'form': form})
+  want_form = form if form != 'auto' else ('dual' if n_users < n_items else 'primal')
+  assert fitted.info['form'] == want_form
   got = fitted.arrays['weights']
   assert np.all(np.diag(got) == 0)
   np.testing.assert_allclose(got, expect, atol=2e-5)
   np.testing.assert_allclose(np.asarray(fitted.score_fn(x[:5])), d[:5] @ expect, atol=1e-4)
+
+
+def test_ease_primal_and_dual_give_the_same_metrics():
+  x = _clicks(30, 80, density=0.15, seed=3)
+  fold_in, targets = _clicks(25, 80, density=0.1, seed=4), _clicks(25, 80, density=0.05, seed=5)
+  res = [evaluate.evaluate(baselines.fit('ease', x, {'lam': 2.0, 'form': f}).score_fn,
+                           fold_in, targets).summary() for f in ('primal', 'dual')]
+  for k in res[0]:
+    assert abs(res[0][k] - res[1][k]) < 1e-6, (k, res)
 
 
 def _np_user_solve(y, row, alpha, lam):

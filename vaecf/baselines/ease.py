@@ -2,8 +2,12 @@
 
   P = (X^T X + lam I)^-1,  B = I - P diag(1 / diag(P)),  scores = x B.
 
-Needs the dense I x I Gram matrix (fine up to I ~ 30k on an accelerator, 3.6 GB in
-float32); the solve runs in float32 through a Cholesky factorisation.
+Two ways to P, chosen by shape (`form='auto'`), equal up to rounding:
+- primal: a Cholesky solve of the I x I Gram matrix, O(I^3), float32 on the device;
+- dual (Woodbury), when there are fewer training users U than items:
+  P = (I - X^T (X X^T + lam I)^-1 X) / lam, a U x U Cholesky solve against the U x I
+  rows, O(U^2 I), in float64 (the subtraction cancels digits float32 would lose).
+Either way B is a dense I x I matrix (fine up to I ~ 30k: 3.6 GB in float32).
 """
 from __future__ import annotations
 
@@ -34,10 +38,40 @@ def ease_weights(gram_IxI, lam):
   return jnp.where(eye > 0, 0.0, b_IxI)
 
 
+def ease_weights_dual(train: sp.csr_matrix, lam: float) -> np.ndarray:
+  """The same B through the U x U system (Woodbury): for U training users < I items."""
+  import scipy.linalg
+  x = sp.csr_matrix(train, dtype=np.float64)
+  k_UxU = (x @ x.T).toarray()
+  k_UxU[np.diag_indices_from(k_UxU)] += lam
+  m_UxI = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k_UxU, overwrite_a=True),
+                                 x.toarray(), overwrite_b=True)
+  p_IxI = -np.asarray(x.T @ m_UxI)  # X is sparse: this product costs nnz * I
+  p_IxI[np.diag_indices_from(p_IxI)] += 1.0
+  p_IxI /= lam
+  b_IxI = (-p_IxI / np.diag(p_IxI)[None, :]).astype(np.float32)
+  np.fill_diagonal(b_IxI, 0.0)
+  return b_IxI
+
+
+def choose_form(n_users: int, n_items: int) -> str:
+  """'dual' when its O(U^2 I) beats the primal O(I^3) (fewer users than items)."""
+  return 'dual' if n_users < n_items else 'primal'
+
+
 def fit(train: sp.csr_matrix, hparams: dict, validation=None) -> tuple[dict, dict]:
   del validation
-  b = ease_weights(jnp.asarray(gram(train)), jnp.float32(hparams['lam']))
-  return {'weights': np.asarray(jax.device_get(b))}, {}
+  form = hparams.get('form', 'auto')
+  if form == 'auto':
+    form = choose_form(*train.shape)
+  if form == 'dual':
+    b = ease_weights_dual(train, float(hparams['lam']))
+  elif form == 'primal':
+    b = np.asarray(jax.device_get(ease_weights(jnp.asarray(gram(train)),
+                                               jnp.float32(hparams['lam']))))
+  else:
+    raise ValueError(f"EASE form {form!r}: use 'auto', 'primal' or 'dual'")
+  return {'weights': b}, {'form': form}
 
 
 @jax.jit
