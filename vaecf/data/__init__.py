@@ -76,10 +76,12 @@ def load_split(data_config, *, use_cache: bool = True) -> tuple[Split, dict]:
   kept, report = preprocess(inter, rating_threshold=data_config.rating_threshold,
                             min_user_count=data_config.min_user_count,
                             min_item_count=data_config.min_item_count)
+  del inter  # the raw rows are not needed for the split: give their memory back
   if report.duplicates:
     logging.warning('%s: %d duplicate (user, item) rows counted once', path, report.duplicates)
   split = strong_generalization_split(kept, data_config.n_heldout_users,
                                       seed=data_config.split_seed, test_prop=data_config.test_prop)
+  del kept
   info = {'name': data_config.name, 'path': str(path), 'preprocess': vars(report),
           'summary': cache.split_summary(split)}
   if use_cache:

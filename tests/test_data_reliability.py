@@ -1,0 +1,117 @@
+"""Data reliability: ids as integer codes (for the MSD's and Netflix's size)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaecf.data import readers, textio
+from vaecf.data.split import _csr, preprocess, strong_generalization_split
+from vaecf.data.types import DataError, Interactions
+
+
+def write(path: Path, text: str | bytes) -> Path:
+  path.write_bytes(text if isinstance(text, bytes) else text.encode())
+  return path
+
+
+# ----------------------------------------------------------- 3. ids as integer codes
+
+def _msd_text(rng, n_users=300, n_songs=200, n=6000) -> tuple[str, list]:
+  users = [f'{x:040x}' for x in rng.integers(0, 2**62, n_users)]
+  songs = [f'SO{x:016X}' for x in rng.integers(0, 2**62, n_songs)]
+  rows = [(users[rng.integers(n_users)], songs[rng.integers(n_songs)], int(rng.integers(1, 9)))
+          for _ in range(n)]
+  return ''.join(f'{u}\t{s}\t{c}\n' for u, s, c in rows), rows
+
+
+def test_long_ids_are_not_cut(tmp_path, monkeypatch):
+  monkeypatch.setattr(textio, '_CHUNK', 64)
+  long_id = 'u' * 300
+  f = write(tmp_path / 'train_triplets.txt', f'a\tSO1\t1\n{long_id}\tSO2\t1\nb\tSO1\t2\n')
+  assert readers.read_msd_triplets(f).users.tolist() == ['a', long_id, 'b']
+
+
+def test_non_ascii_and_invalid_utf8_ids(tmp_path):
+  f = write(tmp_path / 'train_triplets.txt', 'zoë\tSO1\t1\nzoe\tSO1\t1\n中\tSO2\t3\n')
+  inter = readers.read_msd_triplets(f)
+  assert inter.users.tolist() == ['zoë', 'zoe', '中']
+  assert inter.user_ids.tolist() == sorted(['zoë', 'zoe', '中'])  # code point order
+  (tmp_path / 'bad').mkdir()
+  f = write(tmp_path / 'bad' / 'train_triplets.txt', b'ok\tSO1\t1\nok\tSO2\t1\nb\xff\tSO1\t1\n')
+  with pytest.raises(DataError, match="line 3: user 'b\ufffd' is not valid UTF-8"):
+    readers.read_msd_triplets(f)
+
+
+def test_interactions_hold_codes_and_sorted_vocabularies(tmp_path, monkeypatch):
+  monkeypatch.setattr(textio, '_CHUNK', 4096)  # ~60 blocks: ids meet across blocks
+  text, rows = _msd_text(np.random.default_rng(0))
+  inter = readers.read_msd_triplets(write(tmp_path / 'train_triplets.txt', text))
+  users, songs, counts = map(list, zip(*rows))
+  assert inter.user_codes.dtype == np.int32 and inter.item_codes.dtype == np.int32
+  assert inter.user_ids.tolist() == sorted(set(users))  # each distinct id once, sorted
+  assert inter.item_ids.tolist() == sorted(set(songs))
+  assert inter.users.tolist() == users and inter.items.tolist() == songs
+  assert inter.values.tolist() == counts
+  # Per row: 4 + 4 + 4 bytes, not two 40- and 18-character unicode ids (232 bytes).
+  per_row = inter.user_codes.nbytes + inter.item_codes.nbytes + inter.values.nbytes
+  assert per_row == 12 * len(rows)
+
+
+def test_int_ids_across_blocks(tmp_path, monkeypatch):
+  monkeypatch.setattr(textio, '_CHUNK', 64)
+  rng = np.random.default_rng(1)
+  u, i = rng.integers(0, 50, 500), rng.integers(10**9, 10**9 + 40, 500)
+  f = write(tmp_path / 'u.data', ''.join(f'{a}\t{b}\t1\t0\n' for a, b in zip(u, i)))
+  inter = readers.read_movielens_100k(f)
+  assert inter.users.tolist() == u.tolist() and inter.items.tolist() == i.tolist()
+  assert inter.user_ids.tolist() == sorted(set(u.tolist()))
+
+
+def test_netflix_codes_across_files_and_blocks(tmp_path, monkeypatch):
+  monkeypatch.setattr(textio, '_CHUNK', 32)
+  write(tmp_path / 'combined_data_1.txt', '3:\n30,4,2005-01-01\n10,5,2005-01-01\n'
+        '1:\n20,1,2005-01-01\n')
+  write(tmp_path / 'combined_data_2.txt', '2:\n10,3,2005-01-01\n40,4,2005-01-01\n')
+  inter = readers.read_netflix(tmp_path)
+  assert inter.users.tolist() == [30, 10, 20, 10, 40] and inter.items.tolist() == [3, 3, 1, 2, 2]
+  assert inter.user_ids.tolist() == [10, 20, 30, 40] and inter.item_ids.tolist() == [1, 2, 3]
+
+
+def test_vocabulary_matches_np_unique():
+  rng = np.random.default_rng(2)
+  pool = np.array([f'id{x}'.encode() * int(rng.integers(1, 4)) for x in range(300)])
+  blocks = [pool[rng.integers(0, 300, int(rng.integers(0, 200)))] for _ in range(30)]
+  voc = textio.Vocabulary()
+  col = textio.Column(np.int32, capacity=7)  # grows many times
+  for b in blocks:
+    col.append(voc.add(b))
+  codes, ids = voc.finish(col.array())
+  want_ids, want = np.unique(np.concatenate(blocks), return_inverse=True)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_array_equal(codes, want.ravel())
+
+
+def test_split_of_a_read_file_matches_the_split_of_its_ids(tmp_path, monkeypatch):
+  """The codes route (reader) and the plain-ids route give one split."""
+  monkeypatch.setattr(textio, '_CHUNK', 8192)
+  text, rows = _msd_text(np.random.default_rng(3), n=20000)
+  inter = readers.read_msd_triplets(write(tmp_path / 'train_triplets.txt', text))
+  users, songs, counts = map(np.asarray, zip(*rows))
+  plain = Interactions.from_ids(users, songs, counts, 'mem')
+  kw = dict(rating_threshold=None, min_user_count=10, min_item_count=20)
+  a = strong_generalization_split(preprocess(inter, **kw)[0], 20)
+  b = strong_generalization_split(preprocess(plain, **kw)[0], 20)
+  for name in ('item_ids', 'train_user_ids', 'val_user_ids', 'test_user_ids'):
+    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert getattr(a, name).dtype.kind == 'U'
+  for name in ('train', 'val_tr', 'val_te', 'test_tr', 'test_te'):
+    assert (getattr(a, name) != getattr(b, name)).nnz == 0
+
+
+def test_csr_is_binary_and_sorted():
+  m = _csr(np.array([2, 0, 2, 0, 2]), np.array([1, 3, 1, 0, 0]), 3, 4)
+  assert m.dtype == np.float32 and m.data.tolist() == [1, 1, 1, 1]
+  assert m.indptr.tolist() == [0, 2, 2, 4] and m.indices.tolist() == [0, 3, 0, 1]
+  assert m.has_sorted_indices
