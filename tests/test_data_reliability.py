@@ -1,4 +1,5 @@
-"""Data reliability: ids as integer codes (for the MSD's and Netflix's size)."""
+"""Data reliability: exact ids from delimited files and ids as integer codes (for the
+MSD's and Netflix's size)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +15,74 @@ from vaecf.data.types import DataError, Interactions
 def write(path: Path, text: str | bytes) -> Path:
   path.write_bytes(text if isinstance(text, bytes) else text.encode())
   return path
+
+
+# ------------------------------------------------------------ 2. exact delimited ids
+
+def test_bom_before_a_header(tmp_path):
+  f = write(tmp_path / 'x.csv', '\ufeffuser,item,weight\n17,5,2\n18,5,3\n')
+  inter = readers.read_delimited(f, user_col='user', item_col='item', value_col='weight')
+  assert inter.users.tolist() == [17, 18] and inter.users.dtype == np.int64
+  assert inter.values.tolist() == [2, 3]
+
+
+def test_bom_before_the_first_id(tmp_path):
+  f = write(tmp_path / 'x.tsv', '\ufeff17\t1\n17\t2\n')
+  inter = readers.read_delimited(f, user_col=0, item_col=1, delimiter='\t', header=False)
+  assert inter.users.tolist() == [17, 17] and inter.users.dtype == np.int64
+  f = write(tmp_path / 'y.tsv', '\ufeffalice\t1\nalice\t2\n')
+  inter = readers.read_delimited(f, user_col=0, item_col=1, delimiter='\t', header=False)
+  assert inter.users.tolist() == ['alice', 'alice']
+
+
+@pytest.mark.parametrize('reader,name,text,first', [
+    ('read_movielens_csv', 'ratings.csv', 'userId,movieId,rating,timestamp\n1,2,3.0,4\n', 1),
+    ('read_movielens_dat', 'ratings.dat', '1::2::3::4\n', 1),
+    ('read_movielens_100k', 'u.data', '1\t2\t3\t4\n', 1),
+    ('read_netflix', 'combined_data_1.txt', '7:\n1,3,2005-01-01\n', 1),
+    ('read_msd_triplets', 'train_triplets.txt', 'ab\tSO1\t3\n', 'ab'),
+])
+def test_bom_in_every_format(tmp_path, reader, name, text, first):
+  inter = getattr(readers, reader)(write(tmp_path / name, b'\xef\xbb\xbf' + text.encode()))
+  assert inter.users.tolist() == [first]
+
+
+def test_quoted_fields(tmp_path):
+  f = write(tmp_path / 'x.csv', 'user,item,value\n"17","5","2.5"\n17,"a,b",1\n18,"say ""hi""",1\n')
+  inter = readers.read_delimited(f, user_col='user', item_col='item', value_col='value')
+  assert inter.users.tolist() == [17, 17, 18] and inter.users.dtype == np.int64
+  assert inter.items.tolist() == ['5', 'a,b', 'say "hi"']
+  assert inter.values.tolist() == [2.5, 1, 1]
+
+
+def test_quoted_header_names(tmp_path):
+  f = write(tmp_path / 'x.csv', '"user id","item, id"\n1,2\n')
+  inter = readers.read_delimited(f, user_col='user id', item_col='item, id')
+  assert (inter.users.tolist(), inter.items.tolist()) == ([1], [2])
+
+
+def test_movielens_csv_quoted(tmp_path):
+  f = write(tmp_path / 'ratings.csv', '"userId","movieId","rating","timestamp"\n"1","2","3.5","4"\n')
+  inter = readers.read_movielens_csv(f)
+  assert (inter.users.tolist(), inter.items.tolist(), inter.values.tolist()) == ([1], [2], [3.5])
+
+
+def test_mixed_id_column_is_read_wholly_as_text(tmp_path, monkeypatch):
+  monkeypatch.setattr(textio, '_CHUNK', 8)  # the text id sits in a later block
+  f = write(tmp_path / 'x.csv', '17,1\n"17",2\n007,3\n7,4\nabc,5\n 17 ,6\n')
+  inter = readers.read_delimited(f, user_col=0, item_col=1, header=False)
+  # '17' and '"17"' (and ' 17 ') are one user; '007' and '7' stay two.
+  assert inter.users.tolist() == ['17', '17', '007', '7', 'abc', '17']
+  assert len(inter.user_ids) == 4 and inter.items.dtype == np.int64
+
+
+def test_only_plain_integers_become_int64(tmp_path):
+  f = write(tmp_path / 'x.csv', '007,1\n8,2\n')
+  assert readers.read_delimited(f, user_col=0, item_col=1).users.tolist() == ['007', '8']
+  f = write(tmp_path / 'y.csv', '-3,1\n12,2\n9,3\n')
+  inter = readers.read_delimited(f, user_col=0, item_col=1)
+  assert inter.users.tolist() == [-3, 12, 9] and inter.user_ids.tolist() == [-3, 9, 12]
+  assert inter.user_codes.tolist() == [0, 2, 1]
 
 
 # ----------------------------------------------------------- 3. ids as integer codes

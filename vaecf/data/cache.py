@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from vaecf.data.types import Split
 
-FORMAT_VERSION = 1  # bump when the split or the file layout changes
+FORMAT_VERSION = 2  # bump when the split or the file layout changes (2: readers keep ids exact)
 _PARTS = ('train', 'val_tr', 'val_te', 'test_tr', 'test_te')
 _IDS = ('item_ids', 'train_user_ids', 'val_user_ids', 'test_user_ids')
 

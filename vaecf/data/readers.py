@@ -76,19 +76,22 @@ def _interactions(path: Path, users, items, values) -> Interactions:
   return Interactions(users[0], items[0], values, users[1], items[1], str(path))
 
 
-def _ratings(path: Path, sep: bytes, names: list[str], header=False):
+def _ratings(path: Path, sep: bytes, names: list[str], header=False, quote=False):
   """Interactions from int user, int item and float rating in columns 0-2."""
   columns = list(zip(names, ['int', 'int', 'float', 'skip']))
-  return _interactions(path, *textio.scan(path, sep, columns, header=header))
+  return _interactions(path, *textio.scan(path, sep, columns, header=header, quote=quote))
 
 
 def read_movielens_csv(path: PathLike) -> Interactions:
-  """MovieLens 20M / latest `ratings.csv` (header userId,movieId,rating,...)."""
+  """MovieLens 20M / latest `ratings.csv` (header userId,movieId,rating,...).
+
+  A UTF-8 BOM before the header and CSV double quotes around fields are dropped.
+  """
   path = _locate(path, 'movielens_csv')
-  names = head(path)[0].split(',')
+  names = [f.decode() for f in textio.split_line(head(path)[0].encode(), b',', True)]
   if names[:3] != ['userId', 'movieId', 'rating'] or len(names) > 4:
     raise fail(path, 1, "expected the header 'userId,movieId,rating,timestamp'")
-  return _ratings(path, b',', names, header=True)
+  return _ratings(path, b',', names, header=True, quote=True)
 
 
 def read_movielens_dat(path: PathLike) -> Interactions:
@@ -190,19 +193,24 @@ def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
                    header: Union[bool, str] = 'infer') -> Interactions:
   """Any delimited file; columns by header name or 0-based number.
 
-  Ids are int64 when every id is an integer, else strings; without
-  `value_col` every value is 1.0. `header='infer'` assumes a header when
-  columns are named, or when line 1 holds no number but line 2 does.
+  Ids are never changed. They are read as text, with a leading UTF-8 BOM,
+  CSV double quotes around a field and spaces around an id dropped (a quoted
+  field may hold the delimiter). A column in which every id is the plain
+  decimal form of an integer ('17', '-3'; not '007' or '+3') becomes int64;
+  otherwise the whole column stays text, so '17' and '"17"' are one id, and
+  '007' and '7' two, whatever else the column holds. Without `value_col`
+  every value is 1.0. `header='infer'` assumes a header when columns are
+  named, or when line 1 holds no number but line 2 does.
   """
   path = _locate(path, 'delimited')
   sep = delimiter.encode()
-  first = head(path, 2)
-  names = [n.strip().strip('"') for n in first[0].split(delimiter)]
+  first = [textio.split_line(line.encode(), sep, len(sep) == 1) for line in head(path, 2)]
+  names = [n.decode('utf-8', 'replace').strip() for n in first[0]]
   wanted = [c for c in (user_col, item_col, value_col) if c is not None]
   if header == 'infer':
     header = any(isinstance(c, str) for c in wanted) or (
         not any(is_number(n, 'f8') for n in names)
-        and any(is_number(n, 'f8') for n in first[1].split(delimiter)))
+        and any(is_number(n, 'f8') for n in first[1]))
   index = []
   for c in wanted:
     if isinstance(c, str):
@@ -218,18 +226,24 @@ def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
   for c, kind in zip(index, ('text', 'text', 'float')):
     kinds[c] = kind
   columns = list(zip(label, kinds))
-  out = textio.scan(path, sep, columns, header=bool(header))
+  out = textio.scan(path, sep, columns, header=bool(header), quote=len(sep) == 1)
   by_col = dict(zip([k for k, kind in enumerate(kinds) if kind != 'skip'], out))
-  users, items = (_int_ids(*by_col[c]) for c in index[:2])
+  users, items = (_plain_ids(*by_col[c]) for c in index[:2])
   values = by_col[index[2]] if value_col is not None else np.ones(len(users[0]), np.float32)
   return _interactions(path, users, items, values)
 
 
-def _int_ids(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """The text ids as int64 if every one is an integer."""
+def _plain_ids(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Text ids without surrounding spaces, as int64 if every one is a plain integer."""
+  stripped = np.char.strip(ids, ' ')
+  if len(ids) and (stripped != ids).any():
+    codes, ids = textio.recode(codes, stripped)
   try:
     ints = ids.astype(np.int64)
   except (ValueError, OverflowError):
+    return codes, ids
+  # str(int(x)) == x: no sign but '-', no leading zero, no '_' or space.
+  if not np.array_equal(ints.astype(ids.dtype), ids):
     return codes, ids
   return textio.recode(codes, ints)
 
@@ -273,7 +287,7 @@ def read_item_titles(path_or_dir: PathLike) -> dict[int, str]:
     return {}
   name = path.name.lower()
   if name.endswith('.csv'):  # quoted titles hold commas: let csv unquote them
-    with open(path, encoding='utf-8', newline='') as f:
+    with open(path, encoding='utf-8-sig', newline='') as f:
       rows, start = list(csv.reader(f))[1:], 2
   elif name.endswith(('.dat', '.item')):  # these two are latin-1
     with open(path, encoding='latin-1') as f:

@@ -8,6 +8,7 @@ read as raw bytes (or int64) and turned into int32 codes block by block
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import math
@@ -22,6 +23,7 @@ from vaecf.data.types import DataError
 
 _CHUNK = 1 << 25  # numpy parses 32 MiB of text at a time: bounded memory.
 _READ_ERRORS = (OSError, EOFError, zlib.error)
+BOM = b'\xef\xbb\xbf'
 _TEXT_WIDTH = 64  # first guess at an id's length in bytes; a block with a longer one is re-read
 
 
@@ -33,18 +35,22 @@ def fail(path: Path, lineno: int, why: str) -> DataError:
   """An error quoting line `lineno` (1-based) of `path`."""
   with open_binary(path) as f:
     line = next((s for i, s in enumerate(f, 1) if i == lineno), b'')
+  line = line.removeprefix(BOM) if lineno == 1 else line
   text = line.rstrip(b'\r\n').decode('utf-8', 'replace')
   return DataError(f'{path}, line {lineno}: {why}: {text!r}')
 
 
 def chunks(path: Path) -> Iterator[tuple[int, bytes]]:
-  """Yields (lines before the block, block of whole lines without CR)."""
+  """Yields (lines before the block, block of whole lines without CR or BOM)."""
   try:
     with open_binary(path) as f:
       before = 0
       while block := f.read(_CHUNK):
         if not block.endswith(b'\n'):
           block += f.readline()
+        if before == 0:
+          # Excel and Notepad start UTF-8 files with a BOM; it is not part of the first id.
+          block = block.removeprefix(BOM)
         yield before, block.replace(b'\r', b'')
         before += block.count(b'\n')
   except _READ_ERRORS as e:
@@ -52,7 +58,7 @@ def chunks(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def head(path: Path, n: int = 1) -> list[str]:
-  """The first `n` lines; a DataError when the file is empty or unreadable."""
+  """The first `n` lines (BOM dropped); a DataError when the file is empty or unreadable."""
   try:
     with open_binary(path) as f:
       lines = [f.readline().rstrip(b'\r\n') for _ in range(n)]
@@ -60,7 +66,18 @@ def head(path: Path, n: int = 1) -> list[str]:
         raise DataError(f'{path}: no ratings in the file (it is empty)')
   except _READ_ERRORS as e:
     raise DataError(f'{path}: cannot read the file ({e})') from e
+  lines[0] = lines[0].removeprefix(BOM)
   return [line.decode('utf-8', 'replace') for line in lines]
+
+
+def split_line(line: bytes, sep: bytes, quote: bool) -> list[bytes]:
+  """The fields of one line, CSV double quotes removed if `quote`."""
+  if not quote:
+    return line.split(sep)
+  # Only on error paths and for the header: a Python loop is fine here.
+  text = line.decode('latin-1')  # latin-1 keeps every byte as it is
+  return [f.encode('latin-1')
+          for f in next(csv.reader([text], delimiter=sep.decode('latin-1')), [])]
 
 
 def is_number(tok, dtype: str) -> bool:
@@ -97,7 +114,8 @@ def explain(path: Path, before: int, text: bytes,
   return DataError(f'{path}: cannot parse the lines after line {before}')
 
 
-def loadtxt(text: bytes, sep: str, dtypes: list[str]) -> np.ndarray | None:
+def loadtxt(text: bytes, sep: str, dtypes: list[str], quote: bool = False
+            ) -> np.ndarray | None:
   """The block as a structured array (fields c0, c1, ...); None if numpy
   refuses it (a wrong field count, a bad number) or a float is not finite."""
   dtype = np.dtype([(f'c{i}', d) for i, d in enumerate(dtypes)])
@@ -106,7 +124,7 @@ def loadtxt(text: bytes, sep: str, dtypes: list[str]) -> np.ndarray | None:
       warnings.simplefilter('error')  # e.g. an integer written as 3.0
       # latin-1 maps every byte to itself, so 'S' fields get the raw (UTF-8) bytes.
       arr = np.loadtxt(io.BytesIO(text), dtype=dtype, delimiter=sep, comments=None,
-                       encoding='latin-1', ndmin=1)
+                       encoding='latin-1', ndmin=1, quotechar='"' if quote else None)
   except (ValueError, OverflowError, Warning):
     return None
   if all(np.isfinite(arr[f'c{i}']).all() for i, d in enumerate(dtypes) if d == 'f8'):
@@ -251,12 +269,14 @@ def _utf8(b: bytes) -> bool:
 
 
 def scan(path: Path, sep: bytes, columns: list[tuple[str, str]], *,
-         header: bool = False) -> list:
+         header: bool = False, quote: bool = False) -> list:
   """The columns of a file of `sep`-separated lines (line 1 a header if asked).
 
   `columns` holds a (name, kind) pair for every field of a line; kind 'text'
   (an id kept as text) and 'int' (an integer id) give (int32 codes, sorted
-  ids), 'float' a float32 array of finite values and 'skip' nothing.
+  ids), 'float' a float32 array of finite values and 'skip' nothing. With
+  `quote` (for a one-character `sep`), CSV double quotes around a field are
+  removed and a separator inside them is part of the field.
   """
   one = '\x1f' if len(sep) > 1 else sep.decode()  # numpy takes a 1-char separator
   layout = f"({', '.join(n for n, _ in columns)}) separated by {sep.decode()!r}"
@@ -275,9 +295,9 @@ def scan(path: Path, sep: bytes, columns: list[tuple[str, str]], *,
       # Unused fields are read as 'S1' (numpy truncates): no objects made.
       dtypes = [{'int': 'i8', 'float': 'f8', 'text': f'S{widths.get(i)}'}.get(k, 'S1')
                 for i, (_, k) in enumerate(columns)]
-      if (arr := loadtxt(text, one, dtypes)) is None:
+      if (arr := loadtxt(text, one, dtypes, quote)) is None:
         raise explain(path, before, text, lambda line: fields_error(
-            line.split(one.encode()), columns, layout))
+            split_line(line, one.encode(), quote), columns, layout))
       # numpy cuts a longer text silently: a field filling its width may have been cut.
       cut = [i for i in widths if _full(arr[f'c{i}'], widths[i])]
       if not cut:
@@ -301,7 +321,7 @@ def scan(path: Path, sep: bytes, columns: list[tuple[str, str]], *,
     codes, ids = vocab[i].finish(col.array())
     if columns[i][1] == 'text':
       name = columns[i][0]
-      ids = decode(ids, lambda bad: _bad_utf8(path, sep, header, i, name, bad))
+      ids = decode(ids, lambda bad: _bad_utf8(path, sep, quote, header, i, name, bad))
     result.append((codes, ids))
   return result
 
@@ -311,14 +331,14 @@ def _full(col: np.ndarray, width: int) -> bool:
       np.ascontiguousarray(col).view(np.uint8).reshape(-1, width)[:, -1].any())
 
 
-def _bad_utf8(path: Path, sep: bytes, header: bool, field: int,
+def _bad_utf8(path: Path, sep: bytes, quote: bool, header: bool, field: int,
               name: str, bad: bytes) -> DataError:
   """Names the first line whose field `field` is the invalid UTF-8 id `bad`."""
   with open_binary(path) as f:
     for lineno, line in enumerate(f, 1):
       if header and lineno == 1:
         continue
-      fields = line.rstrip(b'\r\n').split(sep)
+      fields = split_line(line.rstrip(b'\r\n').removeprefix(BOM), sep, quote)
       if len(fields) > field and fields[field] == bad:
         return fail(path, lineno, f'{name} {bad.decode("utf-8", "replace")!r} is not valid UTF-8')
   return DataError(f'{path}: {name} {bad!r} is not valid UTF-8')
