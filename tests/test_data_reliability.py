@@ -1,5 +1,5 @@
-"""Data reliability: exact ids from delimited files and ids as integer codes (for the
-MSD's and Netflix's size)."""
+"""Data reliability: empty held-out groups, exact ids from delimited files and ids as
+integer codes (for the MSD's and Netflix's size)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +7,91 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vaecf import data
+from vaecf.config import base_config
 from vaecf.data import readers, textio
 from vaecf.data.split import _csr, preprocess, strong_generalization_split
 from vaecf.data.types import DataError, Interactions
+
+SEED = 98765
 
 
 def write(path: Path, text: str | bytes) -> Path:
   path.write_bytes(text if isinstance(text, bytes) else text.encode())
   return path
+
+
+def heldout_users(n_users: int, h: int, seed: int = SEED):
+  """(validation, test) positions among the sorted users, as the split draws them."""
+  perm = np.random.RandomState(seed).permutation(n_users)
+  return perm[n_users - 2 * h:n_users - h], perm[n_users - h:]
+
+
+# ------------------------------------------------- 1. held-out groups without targets
+
+def _inter(users, items) -> Interactions:
+  return Interactions.from_ids(np.asarray(users), np.asarray(items),
+                               np.ones(len(users), np.float32), 'mem')
+
+
+def test_heldout_users_all_too_short_is_an_error():
+  # 30 users of 3 items each: nobody reaches the 5 items needed to draw a target.
+  users = np.repeat(np.arange(30), 3)
+  items = np.tile(np.arange(3), 30)
+  with pytest.raises(DataError) as e:
+    strong_generalization_split(_inter(users, items), 5)
+  msg = str(e.value)
+  assert 'validation group has no targets' in msg and 'NaN' in msg
+  assert 'of its 5 users' in msg and 'fewer than 5' in msg
+  assert 'min_user_count >= 5' in msg and 'n_heldout_users' in msg
+
+
+def test_only_test_group_without_targets_names_it():
+  # Validation users get 6 items, test users 3: only the test group is empty.
+  n, h = 40, 6
+  vd, te = heldout_users(n, h)
+  rows = [(u, i) for u in range(n) for i in range(3 if u in set(te.tolist()) else 6)]
+  users, items = map(np.asarray, zip(*rows))
+  with pytest.raises(DataError, match=r'the test group has no targets.*of its 6 users 6 have'):
+    strong_generalization_split(_inter(users, items), h)
+
+
+def test_heldout_group_that_vanishes_is_an_error():
+  # Validation users only have items no training user has: the group vanishes.
+  n, h = 40, 5
+  vd, _ = heldout_users(n, h)
+  vd = set(vd.tolist())
+  rows = [(u, (1000 + u * 10 + i) if u in vd else i) for u in range(n) for i in range(8)]
+  users, items = map(np.asarray, zip(*rows))
+  with pytest.raises(DataError, match=r'validation group has no targets.*of its 5 users none '
+                     r'of them has an item that the training users have'):
+    strong_generalization_split(_inter(users, items), h)
+
+
+def test_test_prop_too_small_for_any_target_is_an_error():
+  users = np.repeat(np.arange(30), 6)
+  items = np.tile(np.arange(6), 30)
+  with pytest.raises(DataError, match=r'test_prop=0.1 draws int\(test_prop \* n\) = 0 targets'):
+    strong_generalization_split(_inter(users, items), 5, test_prop=0.1)
+
+
+def test_some_users_without_targets_are_fine():
+  # Held-out users with < 5 items stay (fold-in only), as in the authors' code.
+  users = np.concatenate([np.repeat(np.arange(20), 6), np.repeat(np.arange(20, 40), 3)])
+  items = np.concatenate([np.tile(np.arange(6), 20), np.tile(np.arange(3), 20)])
+  split = strong_generalization_split(_inter(users, items), 8)
+  assert split.val_te.nnz > 0 and split.test_te.nnz > 0
+
+
+def test_load_split_reports_the_empty_group(tmp_path):
+  lines = ['userId,movieId,rating,timestamp'] + [
+      f'{u},{i},5,0' for u in range(30) for i in range(3)]
+  write(tmp_path / 'ratings.csv', '\n'.join(lines) + '\n')
+  c = base_config()
+  c.data.name, c.data.path, c.data.cache_dir = 'toy', str(tmp_path), str(tmp_path / 'c')
+  c.data.min_user_count, c.data.n_heldout_users = 0, 5
+  with pytest.raises(DataError, match='validation group has no targets'):
+    data.load_split(c.data)
 
 
 # ------------------------------------------------------------ 2. exact delimited ids

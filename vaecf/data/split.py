@@ -154,11 +154,12 @@ def _lookup(keys: np.ndarray, n_ids: int) -> np.ndarray:
 
 
 def _heldout(inter: Interactions, rows: np.ndarray, group_users: np.ndarray,
-             col_of: np.ndarray, *, seed: int, test_prop: float, min_items: int):
+             col_of: np.ndarray, *, name: str, seed: int, test_prop: float, min_items: int):
   """Fold-in/target CSR for one held-out group; rows follow `group_users` order.
 
   `rows` are the group's rows of `inter`. Users left with no item seen in
-  training vanish, as in the authors' code.
+  training vanish, as in the authors' code. A group in which no user gets a
+  target is an error: its metrics would be NaN.
   """
   users = inter.user_codes[rows]
   cols = col_of[inter.item_codes[rows]]
@@ -175,11 +176,32 @@ def _heldout(inter: Interactions, rows: np.ndarray, group_users: np.ndarray,
   if drawn:
     is_target[np.concatenate(drawn)] = True
   present = group_users[np.isin(group_users, users[starts])]
+  if not is_target.any():
+    raise _no_targets(inter.source, name, len(group_users), len(present),
+                      int((counts >= min_items).sum()), min_items, test_prop)
   row = _lookup(present, len(inter.user_ids))[users]
   n_items = int(np.count_nonzero(col_of >= 0))
   tr = _csr(row[~is_target], cols[~is_target], len(present), n_items)
   te = _csr(row[is_target], cols[is_target], len(present), n_items)
   return tr, te, present
+
+
+def _no_targets(source: str, name: str, h: int, present: int, splittable: int,
+                min_items: int, test_prop: float) -> DataError:
+  if present == 0:
+    why = 'none of them has an item that the training users have'
+    fix = 'hold out more users (n_heldout_users)'
+  elif splittable == 0:
+    why = (f'{present} have an item seen in training, but every one has fewer than '
+           f'{min_items} such items (the fewest that are split into fold-in and targets)')
+    fix = (f'keep only users with >= {min_items} items (min_user_count >= {min_items}) '
+           'or hold out more users (n_heldout_users)')
+  else:
+    why = (f'{splittable} have >= {min_items} items, but test_prop={test_prop} draws '
+           'int(test_prop * n) = 0 targets from each of them')
+    fix = 'raise test_prop, or min_user_count, or hold out more users'
+  return DataError(f'{source}: the {name} group has no targets to score, so its metrics '
+                   f'would be NaN: of its {h} users {why}. To fix it, {fix}.')
 
 
 def strong_generalization_split(inter: Interactions, n_heldout_users: int, *,
@@ -217,9 +239,9 @@ def strong_generalization_split(inter: Interactions, n_heldout_users: int, *,
 
   kw = dict(seed=seed, test_prop=test_prop, min_items=min_items_to_split)
   val_tr, val_te, vd_present = _heldout(inter, np.flatnonzero(row_group == 1), vd_users,
-                                        col_of, **kw)
+                                        col_of, name='validation', **kw)
   te_tr, te_te, te_present = _heldout(inter, np.flatnonzero(row_group == 2), te_users,
-                                      col_of, **kw)
+                                      col_of, name='test', **kw)
   ids = inter.user_ids
   return Split(train=train_m, val_tr=val_tr, val_te=val_te, test_tr=te_tr, test_te=te_te,
                item_ids=inter.item_ids[item_order], train_user_ids=ids[tr_users],
