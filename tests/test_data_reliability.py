@@ -1,5 +1,5 @@
-"""Data reliability: empty held-out groups, exact ids from delimited files and ids as
-integer codes (for the MSD's and Netflix's size)."""
+"""Data reliability: empty held-out groups, exact ids from delimited files, ids as
+integer codes (for the MSD's and Netflix's size) and the held-out fraction."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -261,3 +261,46 @@ def test_csr_is_binary_and_sorted():
   assert m.dtype == np.float32 and m.data.tolist() == [1, 1, 1, 1]
   assert m.indptr.tolist() == [0, 2, 2, 4] and m.indices.tolist() == [0, 3, 0, 1]
   assert m.has_sorted_indices
+
+
+# --------------------------------------------------------------- 4. held-out fraction
+
+def test_heldout_fraction():
+  users = np.repeat(np.arange(101), 6)
+  items = np.tile(np.arange(6), 101)
+  split = strong_generalization_split(_inter(users, items), 1, heldout_fraction=0.1)
+  assert len(split.train_user_ids) == 101 - 2 * 10  # round(10.1)
+  assert len(split.val_user_ids) == len(split.test_user_ids) == 10
+  same = strong_generalization_split(_inter(users, items), 10)
+  np.testing.assert_array_equal(split.test_user_ids, same.test_user_ids)
+
+
+@pytest.mark.parametrize('f', [0.0, -0.1, 0.5, 0.7, float('nan')])
+def test_heldout_fraction_out_of_range(f):
+  inter = _inter(np.repeat(np.arange(20), 6), np.tile(np.arange(6), 20))
+  with pytest.raises(DataError, match=r'heldout_fraction must be > 0 and < 0.5'):
+    strong_generalization_split(inter, 5, heldout_fraction=f)
+
+
+def test_heldout_fraction_too_small_for_one_user():
+  inter = _inter(np.repeat(np.arange(20), 6), np.tile(np.arange(6), 20))
+  with pytest.raises(DataError, match=r'heldout_fraction=0.01 of 20 users rounds to 0'):
+    strong_generalization_split(inter, 5, heldout_fraction=0.01)
+
+
+def test_heldout_fraction_in_config_and_cache_key(tmp_path):
+  lines = ['userId,movieId,rating,timestamp'] + [
+      f'{u},{i},5,0' for u in range(50) for i in range(6)]
+  write(tmp_path / 'ratings.csv', '\n'.join(lines) + '\n')
+  c = base_config()
+  assert c.data.heldout_fraction is None
+  c.data.name, c.data.path, c.data.cache_dir = 'toy', str(tmp_path), str(tmp_path / 'c')
+  c.data.n_heldout_users = 5
+  assert data.load_split(c.data)[0].val_tr.shape[0] == 5
+  c.data.heldout_fraction = 0.2
+  split, _ = data.load_split(c.data)  # a new cache entry, not the one for 5 users
+  assert split.val_tr.shape[0] == 10 and len(split.train_user_ids) == 30
+  assert len(list((tmp_path / 'c' / 'splits').glob('*.npz'))) == 2
+  c.data.heldout_fraction = 0.6
+  with pytest.raises(DataError, match='heldout_fraction must be'):
+    data.load_split(c.data)

@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.min_user_count = 5
   c.data.min_item_count = 0
   c.data.n_heldout_users = 60
+  c.data.heldout_fraction = config_dict.placeholder(float)  # set (0 < f < 0.5): hold out round(f * users) per group instead
   c.data.split_seed = 98765
   c.data.test_prop = 0.2
   c.data.cache_dir = ''  # '' -> $VAECF_CACHE or ~/.cache/vaecf

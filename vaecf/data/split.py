@@ -190,12 +190,12 @@ def _no_targets(source: str, name: str, h: int, present: int, splittable: int,
                 min_items: int, test_prop: float) -> DataError:
   if present == 0:
     why = 'none of them has an item that the training users have'
-    fix = 'hold out more users (n_heldout_users)'
+    fix = 'hold out more users (n_heldout_users or heldout_fraction)'
   elif splittable == 0:
     why = (f'{present} have an item seen in training, but every one has fewer than '
            f'{min_items} such items (the fewest that are split into fold-in and targets)')
     fix = (f'keep only users with >= {min_items} items (min_user_count >= {min_items}) '
-           'or hold out more users (n_heldout_users)')
+           'or hold out more users (n_heldout_users or heldout_fraction)')
   else:
     why = (f'{splittable} have >= {min_items} items, but test_prop={test_prop} draws '
            'int(test_prop * n) = 0 targets from each of them')
@@ -204,22 +204,42 @@ def _no_targets(source: str, name: str, h: int, present: int, splittable: int,
                    f'would be NaN: of its {h} users {why}. To fix it, {fix}.')
 
 
-def strong_generalization_split(inter: Interactions, n_heldout_users: int, *,
+def heldout_count(n_users: int, n_heldout_users: int, heldout_fraction: float | None,
+                  source: str = '') -> int:
+  """Users per held-out group: round(fraction * users) if a fraction is set."""
+  if heldout_fraction is not None:
+    f = float(heldout_fraction)
+    if not 0 < f < 0.5:
+      raise DataError(f'heldout_fraction must be > 0 and < 0.5 (two groups of that '
+                      f'share of the users, the rest for training), got {heldout_fraction}')
+    h = round(f * n_users)
+    if h < 1:
+      raise DataError(f'{source}: heldout_fraction={f} of {n_users} users rounds to 0 '
+                      'held-out users; raise it or set n_heldout_users instead')
+    return h
+  h = int(n_heldout_users)
+  if h < 1:
+    raise DataError(f'n_heldout_users must be >= 1, got {h}')
+  return h
+
+
+def strong_generalization_split(inter: Interactions, n_heldout_users: int = 0, *,
                                 seed: int = 98765, test_prop: float = 0.2,
-                                min_items_to_split: int = 5) -> Split:
+                                min_items_to_split: int = 5,
+                                heldout_fraction: float | None = None) -> Split:
   """Held-out-user split of PAPER.md; identical to the authors' code on the same input.
 
-  Works on the codes: the vocabularies are sorted, so code order is the
-  authors' sorted-id order.
+  Each held-out group has `n_heldout_users` users, or round(heldout_fraction *
+  users) when `heldout_fraction` (0 < f < 0.5) is set. Works on the codes:
+  the vocabularies are sorted, so code order is the authors' sorted-id order.
   """
   n_ids = len(inter.user_ids)
   unique_users = np.flatnonzero(np.bincount(inter.user_codes, minlength=n_ids))
   n = len(unique_users)
-  h = int(n_heldout_users)
-  if h < 1:
-    raise DataError(f'n_heldout_users must be >= 1, got {h}')
+  h = heldout_count(n, n_heldout_users, heldout_fraction, inter.source)
   if n - 2 * h < 1:
-    raise DataError(f'{inter.source}: {n} users after filtering, too few for '
+    asked = f'heldout_fraction={heldout_fraction} gives ' if heldout_fraction is not None else ''
+    raise DataError(f'{inter.source}: {n} users after filtering, too few for {asked}'
                     f'{h} validation + {h} test users and at least one training user')
   perm = np.random.RandomState(seed).permutation(n)
   users = unique_users[perm]
