@@ -2,16 +2,21 @@
 integer codes (for the MSD's and Netflix's size) and the held-out fraction."""
 from __future__ import annotations
 
+import csv
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from vaecf import data
 from vaecf.config import base_config
 from vaecf.data import readers, textio
+from vaecf.data import __main__ as main_module
+from vaecf.data.__main__ import export, part_pairs
 from vaecf.data.split import _csr, preprocess, strong_generalization_split
-from vaecf.data.types import DataError, Interactions
+from vaecf.data.types import DataError, Interactions, Split
 
 SEED = 98765
 
@@ -261,6 +266,46 @@ def test_csr_is_binary_and_sorted():
   assert m.dtype == np.float32 and m.data.tolist() == [1, 1, 1, 1]
   assert m.indptr.tolist() == [0, 2, 2, 4] and m.indices.tolist() == [0, 3, 0, 1]
   assert m.has_sorted_indices
+
+
+def test_export_string_ids_sorted(tmp_path):
+  text, _ = _msd_text(np.random.default_rng(4), n=5000)
+  inter = readers.read_msd_triplets(write(tmp_path / 'train_triplets.txt', text))
+  split = strong_generalization_split(preprocess(inter, rating_threshold=None,
+                                                 min_user_count=5)[0], 20)
+  export(split, tmp_path / 'out')
+  for name, part, attr in (('train.csv', 'train', 'train_user_ids'),
+                           ('test_te.csv', 'test_te', 'test_user_ids')):
+    rows = list(csv.reader(open(tmp_path / 'out' / name)))
+    assert rows[0] == ['user', 'item']
+    pairs = [tuple(r) for r in rows[1:]]
+    assert pairs == sorted(pairs) and len(pairs) == getattr(split, part).nnz
+    users, items = part_pairs(split, part, attr)
+    assert pairs == list(zip(users.tolist(), items.tolist()))
+
+
+def test_export_memory_does_not_grow_with_the_part(tmp_path, monkeypatch):
+  """Export writes block by block: no array of every pair's (unicode) ids."""
+  rng = np.random.default_rng(5)
+  n_users, n_items, per_user = 5000, 2000, 40
+  cols = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+  train = sp.csr_matrix((np.ones(len(cols), np.float32), cols,
+                         np.arange(0, len(cols) + 1, per_user)), shape=(n_users, n_items))
+  empty = sp.csr_matrix((0, n_items), dtype=np.float32)
+  none = np.zeros(0, 'U40')
+  split = Split(train, empty, empty, empty, empty,
+                np.array([f'SO{x:016X}' for x in range(n_items)]),
+                np.array([f'{x:040x}' for x in rng.permutation(n_users)]), none, none)
+  monkeypatch.setattr(main_module, '_LINES', 4096, raising=False)
+  tracemalloc.start()
+  try:
+    export(split, tmp_path)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  # The pairs' ids as unicode arrays alone would take 200k * (160 + 72) bytes = 46 MB.
+  assert peak < 15e6, f'export peaked at {peak / 1e6:.0f} MB'
+  assert (tmp_path / 'train.csv').stat().st_size == len('user,item\n') + len(cols) * 60
 
 
 # --------------------------------------------------------------- 4. held-out fraction
