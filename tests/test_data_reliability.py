@@ -1,9 +1,12 @@
 """Data reliability: empty held-out groups, exact ids from delimited files, ids as
-integer codes (for the MSD's and Netflix's size) and the held-out fraction."""
+integer codes (for the MSD's and Netflix's size), the held-out fraction and the
+synthetic-data scale tool."""
 from __future__ import annotations
 
 import csv
+import subprocess
 import tracemalloc
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from vaecf.data.__main__ import export, part_pairs
 from vaecf.data.split import _csr, preprocess, strong_generalization_split
 from vaecf.data.types import DataError, Interactions, Split
 
+REPO = Path(__file__).resolve().parents[1]
 SEED = 98765
 
 
@@ -349,3 +353,34 @@ def test_heldout_fraction_in_config_and_cache_key(tmp_path):
   c.data.heldout_fraction = 0.6
   with pytest.raises(DataError, match='heldout_fraction must be'):
     data.load_split(c.data)
+
+
+# ------------------------------------------------------------------- 5. the scale tool
+
+@pytest.mark.parametrize('kind', ['msd', 'netflix'])
+def test_data_scale_tool_small(tmp_path, kind):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vaecf.tools.data_scale', f'--kind={kind}', '--scale=0.001',
+       f'--dir={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'{kind} scale 0.001: wall' in proc.stdout and 'peak RSS' in proc.stdout
+  files = sorted(p.name for p in tmp_path.glob('*.txt'))
+  if kind == 'msd':
+    assert files == ['train_triplets.txt']
+    line = (tmp_path / 'train_triplets.txt').read_text().split('\n', 1)[0].split('\t')
+    assert len(line[0]) == 40 and int(line[0], 16) >= 0
+    assert len(line[1]) == 18 and line[1].startswith('SO') and int(line[2]) >= 1
+    inter = readers.read_msd_triplets(tmp_path / 'train_triplets.txt')
+    assert len(inter) == 48374
+  else:
+    assert files == [f'combined_data_{k}.txt' for k in (1, 2, 3, 4)]
+    first = (tmp_path / 'combined_data_2.txt').read_text().split('\n', 1)[0]
+    assert first.endswith(':') and 4500 <= int(first[:-1]) < 9211
+    inter = readers.read_netflix(tmp_path)
+    assert len(inter) == 100481 and inter.item_ids.max() <= 17770
+    assert set(np.unique(inter.values).tolist()) <= {1, 2, 3, 4, 5}
+  # Distinct pairs, as in the real files.
+  key = inter.user_codes.astype(np.int64) * len(inter.item_ids) + inter.item_codes
+  assert len(np.unique(key)) == len(key)
+  for name in ('train.csv', 'test_te.csv'):
+    assert (tmp_path / 'export' / name).read_text().startswith('user,item\n')
