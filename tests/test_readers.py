@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaecf.data import download, readers
+from vaecf.data import download, readers, textio
 from vaecf.data.types import DataError
 
 EMBEDDED = Path(__file__).resolve().parents[1] / 'vaecf' / 'datasets' / 'ml-latest-small'
@@ -88,7 +88,7 @@ def test_netflix_folder_of_combined_files(tmp_path):
 
 
 def test_netflix_movie_carries_over_blocks(tmp_path, monkeypatch):
-  monkeypatch.setattr(readers, '_CHUNK', 16)  # many blocks, headers in early ones
+  monkeypatch.setattr(textio, '_CHUNK', 16)  # many blocks, headers in early ones
   f = write(tmp_path / 'combined_data_1.txt', NETFLIX + '2059653,2,2005-09-05\n')
   check(readers.read_netflix(f), [1488844, 822109, 2059652, 2059653], [1, 1, 2, 2],
         [3, 5, 4, 2])
@@ -128,7 +128,7 @@ def test_delimited_string_ids_and_no_header(tmp_path):
 
 
 def test_delimited_ids_stay_text_if_any_is_not_an_integer(tmp_path, monkeypatch):
-  monkeypatch.setattr(readers, '_CHUNK', 8)  # the string id sits in a later block
+  monkeypatch.setattr(textio, '_CHUNK', 8)  # the string id sits in a later block
   f = write(tmp_path / 'x.tsv', '007\t1\n8\t2\n9\t3\nabc\t4\n')
   inter = readers.read_delimited(f, user_col=0, item_col=1, delimiter='\t')
   check(inter, ['007', '8', '9', 'abc'], [1, 2, 3, 4], [1, 1, 1, 1])
@@ -271,12 +271,12 @@ def test_non_numeric_fields(tmp_path, reader, name, text, match):
 
 
 def test_line_numbers_count_across_blocks(tmp_path, monkeypatch):
-  monkeypatch.setattr(readers, '_CHUNK', 8)
+  monkeypatch.setattr(textio, '_CHUNK', 8)
   f = write(tmp_path / 'ratings.csv', 'userId,movieId,rating,timestamp\n'
             + '1,2,3.0,4\n' * 20 + '1,2,oops,4\n')
   with pytest.raises(DataError, match=r"line 22: rating 'oops'"):
     readers.read_movielens_csv(f)
-  monkeypatch.setattr(readers, '_CHUNK', 1 << 20)
+  monkeypatch.setattr(textio, '_CHUNK', 1 << 20)
   f = write(tmp_path / 'ratings.csv', 'userId,movieId,rating,timestamp\n'
             + '1,2,3.0,4\n' * 20)
   assert len(readers.read_movielens_csv(f)) == 20

@@ -203,6 +203,14 @@ def test_an_unwritable_workdir_is_a_clear_error(tmp_path, split):
     train.train_and_evaluate(tiny_config(tmp_path / 'cache'), '/proc/vaecf-test', split=split)
 
 
+def test_an_unwritable_cache_folder_only_warns(tmp_path, caplog):
+  c = tiny_config(Path('/proc/vaecf-cache'))
+  with caplog.at_level('WARNING'):
+    split, _ = load_split(c.data)
+  assert split.train.shape[0] > 0
+  assert any('could not write the split cache' in r.getMessage() for r in caplog.records)
+
+
 def test_commands_print_one_line_for_user_errors(capsys):
   def full_disk():
     raise OSError(28, 'No space left on device', '/x/metrics.jsonl')

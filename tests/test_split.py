@@ -124,7 +124,7 @@ def _interactions(df: pd.DataFrame, source='test') -> Interactions:
     users = np.asarray(users, dtype=str)
   if items.dtype == object or items.dtype.kind not in 'iu':
     items = np.asarray(items, dtype=str)
-  return Interactions(users, items, df['rating'].to_numpy(np.float32), source)
+  return Interactions.from_ids(users, items, df['rating'].to_numpy(np.float32), source)
 
 
 def _run_both(df, *, threshold, min_uc, min_sc, h):
@@ -408,8 +408,8 @@ def test_deterministic_ml1m(ml1m):
 # ----------------------------------------------------------------------------------------
 
 def _inter(users, items, values):
-  return Interactions(np.asarray(users), np.asarray(items),
-                      np.asarray(values, np.float32), 'mem')
+  return Interactions.from_ids(np.asarray(users), np.asarray(items),
+                               np.asarray(values, np.float32), 'mem')
 
 
 def test_duplicates_counted_once_first_kept():

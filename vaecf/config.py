@@ -24,6 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.min_user_count = 5
   c.data.min_item_count = 0
   c.data.n_heldout_users = 60
+  # Set (0 < f < 0.5): hold out round(f * users) per group instead; 0 or None: the count.
+  c.data.heldout_fraction = config_dict.placeholder(float)
   c.data.split_seed = 98765
   c.data.test_prop = 0.2
   c.data.cache_dir = ''  # '' -> $VAECF_CACHE or ~/.cache/vaecf
@@ -105,9 +107,10 @@ def validate(config) -> None:
   check('data.format', d.format in FORMATS, f'one of {FORMATS}')
   check('data.n_heldout_users', is_int(d.n_heldout_users) and d.n_heldout_users >= 1,
         'an integer >= 1 (users in each of the validation and test groups)')
-  if 'heldout_fraction' in d and d.heldout_fraction is not None:
+  if d.heldout_fraction:
     check('data.heldout_fraction', finite(d.heldout_fraction) and 0 < d.heldout_fraction < 0.5,
-          'a fraction in (0, 0.5) of the users for each held-out group, or None')
+          'a fraction in (0, 0.5) of the users for each held-out group, or 0/None for '
+          'n_heldout_users')
   check('data.test_prop', finite(d.test_prop) and 0 < d.test_prop < 1,
         'a fraction in (0, 1): the share of a held-out user\'s items kept as targets')
   check('data.min_user_count', is_int(d.min_user_count) and d.min_user_count >= 0,

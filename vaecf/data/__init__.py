@@ -43,8 +43,8 @@ def _cache_dir(data_config) -> Path:
 
 def _settings(d) -> dict:
   return {k: d[k] for k in ('format', 'rating_threshold', 'min_user_count', 'min_item_count',
-                            'n_heldout_users', 'split_seed', 'test_prop', 'user_col',
-                            'item_col', 'value_col', 'delimiter')}
+                            'n_heldout_users', 'heldout_fraction', 'split_seed', 'test_prop',
+                            'user_col', 'item_col', 'value_col', 'delimiter')}
 
 
 def read(data_config, path: Path | None = None) -> Interactions:
@@ -78,12 +78,19 @@ def load_split(data_config, *, use_cache: bool = True) -> tuple[Split, dict]:
   kept, report = preprocess(inter, rating_threshold=data_config.rating_threshold,
                             min_user_count=data_config.min_user_count,
                             min_item_count=data_config.min_item_count)
+  del inter  # the raw rows are not needed for the split: give their memory back
   if report.duplicates:
     log.warning('%s: %d duplicate (user, item) rows counted once', path, report.duplicates)
   split = strong_generalization_split(kept, data_config.n_heldout_users,
+                                      heldout_fraction=data_config.heldout_fraction,
                                       seed=data_config.split_seed, test_prop=data_config.test_prop)
+  del kept
   info = {'name': data_config.name, 'path': str(path), 'preprocess': vars(report),
           'summary': cache.split_summary(split)}
   if use_cache:
-    cache.save(file, split, info)
+    try:
+      cache.save(file, split, info)
+    except OSError as e:  # the cache only saves time: never fail a run over it
+      log.warning('could not write the split cache %s (%s); continuing without it', file,
+                  e.strerror or e)
   return split, info

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf.data import load_split
+from vaecf.data import load_split, textio
 from vaecf.data.types import Split
 
 flags.DEFINE_string('export_dir', None, 'Where to write the five CSV files (optional).')
@@ -24,6 +24,9 @@ config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
+# Lines formatted at a time: the MSD's train part as Python strings (or as
+# one unicode array) would take several GB.
+_LINES = 1 << 20
 PARTS = {'train.csv': ('train', 'train_user_ids'),
          'validation_tr.csv': ('val_tr', 'val_user_ids'),
          'validation_te.csv': ('val_te', 'val_user_ids'),
@@ -31,25 +34,46 @@ PARTS = {'train.csv': ('train', 'train_user_ids'),
          'test_te.csv': ('test_te', 'test_user_ids')}
 
 
+def _sorted_keys(split: Split, part: str, users_attr: str):
+  """The part's pairs as sorted int64 keys (user rank * items + item rank), and
+  the positions of the users and items in order of their original ids."""
+  m = getattr(split, part)
+  users = getattr(split, users_attr)
+  u_order = np.argsort(users, kind='stable')
+  i_order = np.argsort(split.item_ids, kind='stable')
+  u_rank = np.empty(len(users), np.int64)
+  u_rank[u_order] = np.arange(len(users))
+  i_rank = np.empty(len(i_order), np.int64)
+  i_rank[i_order] = np.arange(len(i_order))
+  n_items = max(1, len(i_order))
+  key = u_rank[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))] * n_items
+  key += i_rank[m.indices]
+  key.sort()
+  return key, n_items, u_order, i_order
+
+
 def part_pairs(split: Split, part: str, users_attr: str) -> tuple[np.ndarray, np.ndarray]:
   """(original user ids, original item ids) of a part, sorted by (user, item)."""
-  m = getattr(split, part).tocoo()
-  users = getattr(split, users_attr)[m.row]
-  items = split.item_ids[m.col]
-  order = np.lexsort((items, users))
-  return users[order], items[order]
+  key, n_items, u_order, i_order = _sorted_keys(split, part, users_attr)
+  return (getattr(split, users_attr)[u_order[key // n_items]],
+          split.item_ids[i_order[key % n_items]])
 
 
 def export(split: Split, out_dir: str | Path) -> dict[str, int]:
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   counts = {}
+  item_bytes = textio.as_bytes(split.item_ids)
   for name, (part, users_attr) in PARTS.items():
-    users, items = part_pairs(split, part, users_attr)
-    with open(out / name, 'w') as f:
-      f.write('user,item\n')
-      f.writelines(f'{u},{i}\n' for u, i in zip(users.tolist(), items.tolist()))
-    counts[name] = len(users)
+    key, n_items, u_order, i_order = _sorted_keys(split, part, users_attr)
+    user_bytes = textio.as_bytes(getattr(split, users_attr))
+    with open(out / name, 'wb') as f:
+      f.write(b'user,item\n')
+      for s in range(0, len(key), _LINES):
+        k = key[s:s + _LINES]
+        f.write(textio.format_lines([user_bytes[u_order[k // n_items]],
+                                     item_bytes[i_order[k % n_items]]]))
+    counts[name] = len(key)
   return counts
 
 

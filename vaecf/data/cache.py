@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from vaecf.common import atomic_write
 from vaecf.data.types import Split
 
-FORMAT_VERSION = 1  # bump when the split or the file layout changes
+FORMAT_VERSION = 2  # bump when the split or the file layout changes (2: readers keep ids exact)
 _PARTS = ('train', 'val_tr', 'val_te', 'test_tr', 'test_te')
 _IDS = ('item_ids', 'train_user_ids', 'val_user_ids', 'test_user_ids')
 
@@ -52,9 +53,7 @@ def save(file: Path, split: Split, info: dict) -> None:
     arrays[name] = getattr(split, name)
   arrays['info'] = np.asarray(json.dumps(info))
   file.parent.mkdir(parents=True, exist_ok=True)
-  tmp = file.with_name(file.name + '.tmp.npz')
-  np.savez(tmp, **arrays)
-  os.replace(tmp, file)  # atomic: a killed run never leaves half a cache file
+  atomic_write(file, lambda f: np.savez(f, **arrays))  # a kill never leaves half a cache file
 
 
 def load(file: Path) -> tuple[Split, dict]:

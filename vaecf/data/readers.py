@@ -1,29 +1,23 @@
 """Readers for the raw rating files of MovieLens, Netflix Prize and the MSD.
 
-Every reader returns `Interactions` with the ORIGINAL ids, rows in file order
-and float32 values. numpy's C parser (`np.loadtxt`) reads large blocks of
-lines; only once it has refused a block does a Python loop run, to name the
-bad line.
+Every reader returns `Interactions`: rows in file order, ids as int32 codes into
+sorted vocabularies of the ORIGINAL ids, float32 values. The block-wise parsing
+and the id coding live in `textio`.
 """
 from __future__ import annotations
 
 import csv
-import gzip
-import io
-import math
 import re
-import warnings
-import zlib
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Union
 
 import numpy as np
 
+from vaecf.data import textio
+from vaecf.data.textio import explain, fail, fields_error, head, is_number, loadtxt
 from vaecf.data.types import DataError, Interactions
 
 PathLike = Union[str, Path]
-_CHUNK = 1 << 25  # numpy parses 32 MiB of text at a time: bounded memory.
-_READ_ERRORS = (OSError, EOFError, zlib.error)
 _ML = 'https://files.grouplens.org/datasets/movielens'
 _SOURCES = {  # what to put where, for the file-not-found messages
     'movielens_csv': f'ratings.csv from {_ML}/ml-20m.zip (or ml-latest.zip)',
@@ -77,149 +71,35 @@ def _locate(path: PathLike, fmt: str) -> Path:
   return path
 
 
-def _open(path: Path):
-  return gzip.open(path, 'rb') if path.suffix == '.gz' else open(path, 'rb')
+def _interactions(path: Path, users, items, values) -> Interactions:
+  """From scanned (codes, ids) pairs of users and items and the values."""
+  return Interactions(users[0], items[0], values, users[1], items[1], str(path))
 
 
-def _fail(path: Path, lineno: int, why: str) -> DataError:
-  """An error quoting line `lineno` (1-based) of `path`."""
-  with _open(path) as f:
-    line = next((s for i, s in enumerate(f, 1) if i == lineno), b'')
-  text = line.rstrip(b'\r\n').decode('utf-8', 'replace')
-  return DataError(f'{path}, line {lineno}: {why}: {text!r}')
-
-
-def _chunks(path: Path) -> Iterator[tuple[int, bytes]]:
-  """Yields (lines before the block, block of whole lines without CR)."""
-  try:
-    with _open(path) as f:
-      before = 0
-      while block := f.read(_CHUNK):
-        if not block.endswith(b'\n'):
-          block += f.readline()
-        yield before, block.replace(b'\r', b'')
-        before += block.count(b'\n')
-  except _READ_ERRORS as e:
-    raise DataError(f'{path}: cannot read the file ({e})') from e
-
-
-def _number(tok, dtype: str) -> bool:
-  """Whether `tok` is what numpy's dtype `dtype` ('i8', 'f8') demands."""
-  try:
-    v = int(tok) if dtype == 'i8' else float(tok)
-  except (ValueError, OverflowError):
-    return False
-  return -2**63 <= v < 2**63 if dtype == 'i8' else math.isfinite(v)
-
-
-def _fields_error(fields: list[bytes], columns: list, layout: str) -> str | None:
-  """Why a line's fields do not fit `columns` ((name, dtype) pairs), if they don't."""
-  if len(fields) != len(columns):
-    return f'expected {len(columns)} fields {layout}'
-  for tok, (name, dtype) in zip(fields, columns):
-    text = tok.decode('utf-8', 'replace')
-    if dtype == 'O' and text.encode() != tok:
-      return f'{name} {text!r} is not valid UTF-8'
-    if dtype in ('i8', 'f8') and not _number(tok, dtype):
-      return f"{name} {text!r} is not {'an integer' if dtype == 'i8' else 'a finite number'}"
-  return None
-
-
-def _explain(path: Path, before: int, text: bytes,
-             why: Callable[[bytes], str | None]) -> DataError:
-  """The error for the first line of a rejected block that `why` faults.
-
-  Runs only after numpy refused the block, so a Python loop is fine here.
-  """
-  for lineno, line in enumerate(text.split(b'\n'), before + 1):
-    if line and (reason := why(line)):
-      return _fail(path, lineno, reason)
-  return DataError(f'{path}: cannot parse the lines after line {before}')
-
-
-def _loadtxt(text: bytes, sep: str, dtypes: list[str]) -> np.ndarray | None:
-  """The block as a structured array (fields c0, c1, ...); None if numpy
-  refuses it (a wrong field count, a bad number) or a float is not finite."""
-  dtype = np.dtype([(f'c{i}', d) for i, d in enumerate(dtypes)])
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('error')  # e.g. an integer written as 3.0
-      arr = np.loadtxt(io.BytesIO(text), dtype=dtype, delimiter=sep, comments=None,
-                       encoding='utf-8', ndmin=1)
-  except (ValueError, OverflowError, Warning):
-    return None
-  if all(np.isfinite(arr[f'c{i}']).all() for i, d in enumerate(dtypes) if d == 'f8'):
-    return arr
-  return None
-
-
-def _join(parts: list, path: Path, header: bool) -> list[np.ndarray]:
-  """Concatenates the columns of the blocks; no row at all is an error."""
-  if not sum(len(p[0]) for p in parts):
-    rest = ' apart from its header' if header else ''
-    raise DataError(f'{path}: no ratings in the file (it is empty{rest})')
-  return [np.concatenate(p) for p in zip(*parts)]
-
-
-def _scan(path: Path, sep: bytes, columns: list, keep: list[int], *,
-          header: bool = False) -> list[np.ndarray]:
-  """Columns `keep` of a file of `sep`-separated lines (line 1 a header if
-  asked); `columns` holds a (name, dtype) pair for every field of a line."""
-  one = '\x1f' if len(sep) > 1 else sep.decode()  # numpy takes a 1-char separator
-  layout = f"({', '.join(n for n, _ in columns)}) separated by {sep.decode()!r}"
-  dtypes = [d for _, d in columns]
-  parts = []
-  for before, text in _chunks(path):
-    if header and before == 0:
-      text, before = text.partition(b'\n')[2], 1
-    if one != sep.decode():
-      text = text.replace(sep, one.encode())
-    if not text or text.isspace():
-      continue
-    if (arr := _loadtxt(text, one, dtypes)) is None:
-      raise _explain(path, before, text, lambda line: _fields_error(
-          line.split(one.encode()), columns, layout))
-    # Own contiguous copies let the block's array go; str objects -> unicode.
-    parts.append([arr[f'c{i}'].astype({'i8': np.int64, 'f8': np.float32}.get(
-        dtypes[i], str)) for i in keep])
-  return _join(parts, path, header)
-
-
-def _head(path: Path, n: int = 1) -> list[str]:
-  """The first `n` lines; a DataError when the file is empty or unreadable."""
-  try:
-    with _open(path) as f:
-      lines = [f.readline().rstrip(b'\r\n').decode('utf-8', 'replace')
-               for _ in range(n)]
-      if not lines[0] and not f.tell():
-        raise DataError(f'{path}: no ratings in the file (it is empty)')
-  except _READ_ERRORS as e:
-    raise DataError(f'{path}: cannot read the file ({e})') from e
-  return lines
-
-
-def _ratings(path: Path, sep: bytes, names: list[str], header=False):
+def _ratings(path: Path, sep: bytes, names: list[str], header=False, quote=False):
   """Interactions from int user, int item and float rating in columns 0-2."""
-  columns = list(zip(names, ['i8', 'i8', 'f8', 'f8']))
-  return Interactions(*_scan(path, sep, columns, [0, 1, 2], header=header),
-                      str(path))
+  columns = list(zip(names, ['int', 'int', 'float', 'skip']))
+  return _interactions(path, *textio.scan(path, sep, columns, header=header, quote=quote))
 
 
 def read_movielens_csv(path: PathLike) -> Interactions:
-  """MovieLens 20M / latest `ratings.csv` (header userId,movieId,rating,...)."""
+  """MovieLens 20M / latest `ratings.csv` (header userId,movieId,rating,...).
+
+  A UTF-8 BOM before the header and CSV double quotes around fields are dropped.
+  """
   path = _locate(path, 'movielens_csv')
-  head = _head(path)[0].split(',')
-  if head[:3] != ['userId', 'movieId', 'rating'] or len(head) > 4:
-    raise _fail(path, 1, "expected the header 'userId,movieId,rating,timestamp'")
-  return _ratings(path, b',', head, header=True)
+  names = [f.decode() for f in textio.split_line(head(path)[0].encode(), b',', True)]
+  if names[:3] != ['userId', 'movieId', 'rating'] or len(names) > 4:
+    raise fail(path, 1, "expected the header 'userId,movieId,rating,timestamp'")
+  return _ratings(path, b',', names, header=True, quote=True)
 
 
 def read_movielens_dat(path: PathLike) -> Interactions:
   """MovieLens 1M `ratings.dat[.gz]`: UserID::MovieID::Rating[::Timestamp]."""
   path = _locate(path, 'movielens_dat')
-  ncols = _head(path)[0].count('::') + 1
+  ncols = head(path)[0].count('::') + 1
   if ncols not in (3, 4):
-    raise _fail(path, 1, 'expected UserID::MovieID::Rating[::Timestamp]')
+    raise fail(path, 1, 'expected UserID::MovieID::Rating[::Timestamp]')
   return _ratings(path, b'::', ['UserID', 'MovieID', 'Rating', 'Timestamp'][:ncols])
 
 
@@ -230,13 +110,13 @@ def read_movielens_100k(path: PathLike) -> Interactions:
 
 
 def read_msd_triplets(path: PathLike) -> Interactions:
-  """Taste Profile `train_triplets.txt`: user, song, play count (tab)."""
+  """Taste Profile `train_triplets.txt`: user, song, play count (tab); ids as text."""
   path = _locate(path, 'msd')
-  columns = [('user', 'O'), ('song', 'O'), ('play count', 'f8')]
-  return Interactions(*_scan(path, b'\t', columns, [0, 1, 2]), str(path))
+  columns = [('user', 'text'), ('song', 'text'), ('play count', 'float')]
+  return _interactions(path, *textio.scan(path, b'\t', columns))
 
 
-_NETFLIX_ROW = [('CustomerID', 'i8'), ('Rating', 'f8'), ('Date', 'O')]
+_NETFLIX_ROW = [('CustomerID', 'int'), ('Rating', 'float'), ('Date', 'text')]
 
 
 def _netflix_error(path: Path, before: int, text: bytes,
@@ -246,37 +126,46 @@ def _netflix_error(path: Path, before: int, text: bytes,
     nonlocal movie
     if line.endswith(b':'):
       movie = line[:-1]
-      return _fields_error([movie], [('MovieID', 'i8')], '')
+      return fields_error([movie], [('MovieID', 'int')], '')
     if line.count(b',') != 2:
       return "expected 'MovieID:' or 'CustomerID,Rating,Date'"
     if movie is None:
       return "rating before any 'MovieID:' line"
-    return _fields_error(line.split(b','), _NETFLIX_ROW, '')
-  return _explain(path, before, text, why)
+    return fields_error(line.split(b','), _NETFLIX_ROW, '')
+  return explain(path, before, text, why)
 
 
-def _netflix_file(path: Path) -> list[np.ndarray]:
-  """users, items, ratings of one combined_data_*.txt or mv_*.txt file."""
-  movie, parts = None, []
-  for before, text in _chunks(path):
+def _netflix_file(path: Path, vocab: tuple, out: tuple, size: list[Path]) -> None:
+  """Appends the user codes, item codes and ratings of one combined_data_*.txt
+  or mv_*.txt file to the columns `out` (sized for all the files `size`)."""
+  movie, n = None, 0
+  for before, text in textio.chunks(path):
     if not text or text.isspace():
       continue
     text += b'' if text.endswith(b'\n') else b'\n'
     # 'MovieID:' lines become rows 'MovieID,0,:' so that one numpy call reads
     # both kinds of line, and the date ':' tells them apart. (A rating row
     # that ends in ':' gets 5 fields and fails; 'S2' keeps ':x' apart.)
-    arr = _loadtxt(text.replace(b':\n', b',0,:\n'), ',', ['i8', 'f8', 'S2'])
-    head = None if arr is None else arr['c2'] == b':'
-    if head is None or movie is None and not head[0]:
+    arr = loadtxt(text.replace(b':\n', b',0,:\n'), ',', ['i8', 'f8', 'S2'])
+    is_movie = None if arr is None else arr['c2'] == b':'
+    if is_movie is None or movie is None and not is_movie[0]:
       raise _netflix_error(path, before, text, movie)
     # A rating belongs to the nearest 'MovieID:' line above it, which may lie
     # in an earlier block (then `movie`).
-    owner = np.maximum.accumulate(np.where(head, np.arange(len(head)), -1))[~head]
+    owner = np.maximum.accumulate(np.where(is_movie, np.arange(len(is_movie)), -1))[~is_movie]
     ids = arr['c0']
     items = np.where(owner >= 0, ids[np.maximum(owner, 0)], movie or 0)
-    movie = int(ids[head][-1]) if head.any() else movie
-    parts.append([ids[~head], items, arr['c1'][~head].astype(np.float32)])
-  return _join(parts, path, header=False)
+    movie = int(ids[is_movie][-1]) if is_movie.any() else movie
+    if not out[0].n:
+      for col in out:
+        col.reserve(textio.expected_rows(size, text, len(items)))
+    out[0].append(vocab[0].add(ids[~is_movie]))
+    out[1].append(vocab[1].add(items))
+    out[2].append(arr['c1'][~is_movie])
+    n += len(items)
+    del arr, ids, items, owner
+  if not n:
+    raise DataError(f'{path}: no ratings in the file (it is empty)')
 
 
 def read_netflix(path: PathLike) -> Interactions:
@@ -291,9 +180,12 @@ def read_netflix(path: PathLike) -> Interactions:
     if not files:
       raise DataError(f'{path}: no combined_data_*.txt or mv_*.txt files; put '
                       f'{_SOURCES["netflix"]} there')
-  parts = [_netflix_file(f) for f in files]
-  cols = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts))
-  return Interactions(*cols, str(path))
+  vocab = textio.Vocabulary(), textio.Vocabulary()
+  out = textio.Column(np.int32), textio.Column(np.int32), textio.Column(np.float32)
+  for f in files:
+    _netflix_file(f, vocab, out, files)
+  users, items = (v.finish(c.array()) for v, c in zip(vocab, out))
+  return _interactions(path, users, items, out[2].array())
 
 
 def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
@@ -301,18 +193,24 @@ def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
                    header: Union[bool, str] = 'infer') -> Interactions:
   """Any delimited file; columns by header name or 0-based number.
 
-  Ids are int64 when every id is an integer, else strings; without
-  `value_col` every value is 1.0. `header='infer'` assumes a header when
-  columns are named, or when line 1 holds no number but line 2 does.
+  Ids are never changed. They are read as text, with a leading UTF-8 BOM,
+  CSV double quotes around a field and spaces around an id dropped (a quoted
+  field may hold the delimiter). A column in which every id is the plain
+  decimal form of an integer ('17', '-3'; not '007' or '+3') becomes int64;
+  otherwise the whole column stays text, so '17' and '"17"' are one id, and
+  '007' and '7' two, whatever else the column holds. Without `value_col`
+  every value is 1.0. `header='infer'` assumes a header when columns are
+  named, or when line 1 holds no number but line 2 does.
   """
   path = _locate(path, 'delimited')
-  first = _head(path, 2)
-  names = [n.strip().strip('"') for n in first[0].split(delimiter)]
+  sep = delimiter.encode()
+  first = [textio.split_line(line.encode(), sep, len(sep) == 1) for line in head(path, 2)]
+  names = [n.decode('utf-8', 'replace').strip() for n in first[0]]
   wanted = [c for c in (user_col, item_col, value_col) if c is not None]
   if header == 'infer':
     header = any(isinstance(c, str) for c in wanted) or (
-        not any(_number(n, 'f8') for n in names)
-        and any(_number(n, 'f8') for n in first[1].split(delimiter)))
+        not any(is_number(n, 'f8') for n in names)
+        and any(is_number(n, 'f8') for n in first[1]))
   index = []
   for c in wanted:
     if isinstance(c, str):
@@ -324,25 +222,30 @@ def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
       raise DataError(f'{path}: no column {c}: line 1 has {len(names)} fields')
     index.append(c)
   label = [n if header else f'column {k}' for k, n in enumerate(names)]
-  for ids in ('i8', 'O'):  # int64 ids, unless some id is not an integer
-    # Unused fields are read as 'S1' (numpy truncates): no objects made.
-    dtypes = ['S1'] * len(names)
-    for c, dtype in zip(index, (ids, ids, 'f8')):
-      dtypes[c] = dtype
-    try:
-      out = _scan(path, delimiter.encode(), list(zip(label, dtypes)), index,
-                  header=bool(header))
-      break
-    except DataError:
-      if ids == 'O':
-        raise
-  for i in (0, 1):  # after the text pass: a column of integers is still int64
-    try:
-      out[i] = out[i].astype(np.int64)
-    except (ValueError, OverflowError):
-      pass
-  values = out[2] if value_col is not None else np.ones(len(out[0]), np.float32)
-  return Interactions(out[0], out[1], values, str(path))
+  kinds = ['skip'] * len(names)
+  for c, kind in zip(index, ('text', 'text', 'float')):
+    kinds[c] = kind
+  columns = list(zip(label, kinds))
+  out = textio.scan(path, sep, columns, header=bool(header), quote=len(sep) == 1)
+  by_col = dict(zip([k for k, kind in enumerate(kinds) if kind != 'skip'], out))
+  users, items = (_plain_ids(*by_col[c]) for c in index[:2])
+  values = by_col[index[2]] if value_col is not None else np.ones(len(users[0]), np.float32)
+  return _interactions(path, users, items, values)
+
+
+def _plain_ids(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Text ids without surrounding spaces, as int64 if every one is a plain integer."""
+  stripped = np.char.strip(ids, ' ')
+  if len(ids) and (stripped != ids).any():
+    codes, ids = textio.recode(codes, stripped)
+  try:
+    ints = ids.astype(np.int64)
+  except (ValueError, OverflowError):
+    return codes, ids
+  # str(int(x)) == x: no sign but '-', no leading zero, no '_' or space.
+  if not np.array_equal(ints.astype(ids.dtype), ids):
+    return codes, ids
+  return textio.recode(codes, ints)
 
 
 _READERS = {
@@ -384,7 +287,7 @@ def read_item_titles(path_or_dir: PathLike) -> dict[int, str]:
     return {}
   name = path.name.lower()
   if name.endswith('.csv'):  # quoted titles hold commas: let csv unquote them
-    with open(path, encoding='utf-8', newline='') as f:
+    with open(path, encoding='utf-8-sig', newline='') as f:
       rows, start = list(csv.reader(f))[1:], 2
   elif name.endswith(('.dat', '.item')):  # these two are latin-1
     with open(path, encoding='latin-1') as f:
