@@ -324,11 +324,19 @@ def test_heldout_fraction():
   np.testing.assert_array_equal(split.test_user_ids, same.test_user_ids)
 
 
-@pytest.mark.parametrize('f', [0.0, -0.1, 0.5, 0.7, float('nan')])
+@pytest.mark.parametrize('f', [-0.1, 0.5, 0.7, float('nan')])
 def test_heldout_fraction_out_of_range(f):
   inter = _inter(np.repeat(np.arange(20), 6), np.tile(np.arange(6), 20))
   with pytest.raises(DataError, match=r'heldout_fraction must be > 0 and < 0.5'):
     strong_generalization_split(inter, 5, heldout_fraction=f)
+
+
+def test_heldout_fraction_zero_means_the_count():
+  # The command line cannot spell None, so 0 is how a config with a fraction goes back
+  # to n_heldout_users.
+  inter = _inter(np.repeat(np.arange(20), 6), np.tile(np.arange(6), 20))
+  split = strong_generalization_split(inter, 5, heldout_fraction=0.0)
+  assert len(split.val_user_ids) == len(split.test_user_ids) == 5
 
 
 def test_heldout_fraction_too_small_for_one_user():

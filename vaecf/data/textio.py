@@ -5,6 +5,10 @@ has refused a block does a Python loop run, to name the bad line. Id fields are
 read as raw bytes (or int64) and turned into int32 codes block by block
 (`Vocabulary`), each distinct id held once: the MSD's 48M rows of 40- and
 18-character ids would take ~11 GB as numpy unicode arrays, as codes ~0.4 GB.
+
+It is longer than 300 lines because the block splitting, the vocabulary merge and
+the line-exact error reporting depend on each other's block boundaries: split apart,
+each piece would need the others' internals.
 """
 from __future__ import annotations
 
