@@ -68,5 +68,8 @@ def test_xla_flags_append_respect_user_and_opt_out(monkeypatch):
   assert env['XLA_FLAGS'] == '--xla_b=false --xla_c=2 --xla_a=1'
   env = {'VAECF_XLA_FLAGS': '0'}
   assert xla_flags.apply(env) == [] and 'XLA_FLAGS' not in env
+  env = {'VAECF_XLA_FLAGS': 'onednn'}
+  assert xla_flags.apply(env) == list(xla_flags.PRESETS['onednn'])
+  assert env['XLA_FLAGS'] == ' '.join(xla_flags.PRESETS['onednn'])
   monkeypatch.setattr('jax._src.xla_bridge.backends_are_initialized', lambda: True)
   assert xla_flags.apply({}) == []

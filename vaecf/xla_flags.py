@@ -2,10 +2,9 @@
 
 XLA reads XLA_FLAGS once, when JAX initialises its first backend, so an entry point
 calls `apply()` before anything touches a device. A flag the user already put in
-XLA_FLAGS is left as they set it; VAECF_XLA_FLAGS=0 turns all of them off.
-
-The flags and the reason for each (figures in README, "Scale"; measured with
-`python -m vaecf.tools.benchmark --shape=ml20m`):
+XLA_FLAGS is left as they set it. VAECF_XLA_FLAGS picks the set: unset or 'default'
+is CPU_FLAGS, '0' none, or the name of one of PRESETS (to measure it:
+`VAECF_XLA_FLAGS=onednn python -m vaecf.tools.benchmark --shape=ml20m`).
 """
 from __future__ import annotations
 
@@ -14,9 +13,17 @@ import os
 
 log = logging.getLogger(__name__)
 
-# XLA:CPU runs dots through YNNPACK by default; for the decoder's [500,600]x[600,20108]
-# products oneDNN is faster on the forward and weight gradient and the
-# YNNPACK-off (Eigen) path on the input gradient.
+_NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
+PRESETS: dict[str, tuple[str, ...]] = {
+    # Dots (and the other fusions YNNPACK takes) back on XLA's Eigen path.
+    'eigen': (_NO_YNN,),
+    # Dots through oneDNN. XLA:CPU only rewrites them with YNNPACK off.
+    'onednn': (_NO_YNN, '--xla_cpu_use_onednn=true',
+               '--xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_DOT'),
+}
+# Empty: on the 2-core AMD EPYC, neither preset beat XLA's default (YNNPACK) on the
+# whole ML-20M step by more than the noise of a shared machine (onednn's median step
+# 5-12% faster, its best step 10% slower or 12% faster in two side-by-side runs).
 CPU_FLAGS: tuple[str, ...] = ()
 
 OPT_OUT = 'VAECF_XLA_FLAGS'
@@ -30,8 +37,15 @@ def _name(flag: str) -> str:
 def apply(env=None) -> list[str]:
   """Appends the project's flags to XLA_FLAGS in `env` (os.environ); returns those added."""
   env = os.environ if env is None else env
-  if env.get(OPT_OUT, '1').strip().lower() in ('0', 'false', 'no', 'off'):
+  choice = env.get(OPT_OUT, 'default').strip().lower()
+  if choice in ('0', 'false', 'no', 'off', 'none'):
     return []
+  if choice in ('', '1', 'default'):
+    wanted = CPU_FLAGS
+  elif choice in PRESETS:
+    wanted = PRESETS[choice]
+  else:
+    raise ValueError(f'{OPT_OUT}={choice!r}: use 0, default or one of {sorted(PRESETS)}')
   try:
     from jax._src import xla_bridge
     if xla_bridge.backends_are_initialized():
@@ -42,7 +56,7 @@ def apply(env=None) -> list[str]:
     pass
   current = env.get('XLA_FLAGS', '')
   have = {_name(f) for f in current.split()}
-  added = [f for f in CPU_FLAGS if _name(f) not in have]
+  added = [f for f in wanted if _name(f) not in have]
   if added:
     env['XLA_FLAGS'] = ' '.join([current, *added]).strip()
   _applied[:] = added
