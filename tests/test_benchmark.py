@@ -43,7 +43,8 @@ def test_benchmark_runs_and_prints_json():
               'eval_users_per_s', 'compile_s', 'peak_rss_gb', 'sparse_over_dense_speed',
               'decoder_forward_gflops', 'decoder_weight_grad_gflops',
               'decoder_input_grad_gflops', 'first_layer_gather_gflops',
-              'first_layer_scatter_gflops', 'adam_s', 'input_pipeline_s_per_batch'):
+              'first_layer_scatter_gflops', 'adam_s', 'adam_fused_s',
+              'input_pipeline_s_per_batch'):
     assert np.isfinite(out[key]) and out[key] > 0, key
   # The peak is the best of XLA's and NumPy's GEMMs, each printed and in the JSON.
   for src in ('xla_gemm_gflops', 'numpy_gemm_gflops', 'numpy_clean_env_gemm_gflops'):
