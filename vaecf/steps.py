@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vaecf import input_pipeline
+from vaecf import input_pipeline, optim
 from vaecf.distributed import AXIS, replicated
 from vaecf.models import Model
 from vaecf.sparse import SparseRows
@@ -24,7 +24,8 @@ TrainState = dict  # {'step': int32 [], 'params': pytree, 'opt_state': pytree}
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(config.train.learning_rate)
+  # optax.adam's maths and state, one expression per leaf (vaecf/optim.py).
+  return optim.adam(config.train.learning_rate)
 
 
 def init_state(model: Model, optimizer, key) -> TrainState:

@@ -59,6 +59,11 @@ def _add_bias_bwd(_, g_BxD):
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+def dense_dims(p: Params) -> tuple[int, int]:
+  """(d_in, d_out) of a dense layer's parameters."""
+  return p['w'].shape
+
+
 def dense(p: Params, x, dtype=None):
   w = p['w'] if dtype is None else p['w'].astype(dtype)
   x = x if dtype is None else x.astype(dtype)

@@ -6,23 +6,33 @@
 The click matrix has the training shape and density of the chosen paper dataset
 (heavy-tailed item popularity, log-normal user lengths >= 5, fixed seed), built
 sparse in seconds. The last line printed is one JSON object with every figure.
+
+It is longer than 300 lines because every figure (the step, each of its products, the
+machine's best GEMM by XLA and by NumPy, Adam, the input pipeline, the evaluator) is
+measured here, side by side in one process, so that their ratios mean something.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import resource
+import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import scipy.sparse as sp
 from absl import app, flags
 
-from vaecf import distributed, evaluate, input_pipeline, models, steps
+from vaecf import distributed, evaluate, input_pipeline, models, optim, steps, xla_flags
 from vaecf.config import base_config
 from vaecf.data.split import sorted_unique
+from vaecf.models import nn
 
 # Training users x items and mean items per user of the paper's datasets (docs/protocol.md).
 SHAPES = {
@@ -76,18 +86,145 @@ def flops_per_user(config, n_items: int, nnz_per_user: float) -> dict[str, float
   return {'sparse': 4 * nnz_per_user * enc[1] + rest, 'dense': 4 * n_items * enc[1] + rest}
 
 
-def peak_matmul_gflops(b: int, k: int, n: int, dtype, repeats: int = 10) -> float:
-  """Measured GFLOP/s of one [b, k] @ [k, n] product (the decoder's last layer)."""
-  a = jnp.ones((b, k), dtype)
-  w = jnp.ones((k, n), dtype) * 0.01
-  f = jax.jit(lambda a, w: (a @ w).astype(jnp.float32))
-  f(a, w).block_until_ready()
+def _best_s(f, repeats: int) -> float:
+  """Fastest of `repeats` calls after one warm-up: on a shared machine the minimum is
+  the least disturbed estimate of what the code itself costs."""
+  jax.block_until_ready(f())
   best = math.inf
   for _ in range(repeats):
     t = time.perf_counter()
-    f(a, w).block_until_ready()
+    jax.block_until_ready(f())
     best = min(best, time.perf_counter() - t)
-  return 2 * b * k * n / best / 1e9
+  return best
+
+
+def _gemm_operands(b: int, k: int, n: int, dtype):
+  rng = np.random.default_rng(0)
+  return (rng.standard_normal((b, k), np.float32).astype(dtype),
+          (0.01 * rng.standard_normal((k, n), np.float32)).astype(dtype),
+          rng.standard_normal((b, n), np.float32).astype(dtype))
+
+
+def xla_gemm_gflops(b: int, k: int, n: int, dtype, repeats: int = 10) -> dict[str, float]:
+  """GFLOP/s of XLA's plain products of the decoder's shapes, with this process's flags:
+  forward [b,k]@[k,n], weight gradient [k,b]@[b,n], input gradient [b,n]@[n,k]."""
+  h, w, g = (jnp.asarray(a) for a in _gemm_operands(b, k, n, dtype))
+  dims = lambda ca, cb: (((ca,), (cb,)), ((), ()))
+  prods = {'forward': (lambda h, w, g: h @ w),
+           'weight_grad': (lambda h, w, g: jax.lax.dot_general(h, g, dims(0, 0))),
+           'input_grad': (lambda h, w, g: jax.lax.dot_general(g, w, dims(1, 1)))}
+  flop = 2 * b * k * n / 1e9
+  return {name: flop / _best_s(functools.partial(jax.jit(f), h, w, g), repeats)
+          for name, f in prods.items()}
+
+
+def peak_matmul_gflops(b: int, k: int, n: int, dtype, repeats: int = 10) -> float:
+  """The best of XLA's three decoder-shaped products in this process."""
+  return max(xla_gemm_gflops(b, k, n, dtype, repeats).values())
+
+
+def numpy_gemm_gflops(b: int, k: int, n: int, repeats: int = 10) -> dict[str, float]:
+  """The same three float32 products through NumPy's BLAS, in this process."""
+  h, w, g = _gemm_operands(b, k, n, np.float32)
+  flop = 2 * b * k * n / 1e9
+  return {'forward': flop / _best_s(lambda: h @ w, repeats),
+          'weight_grad': flop / _best_s(lambda: h.T @ g, repeats),
+          'input_grad': flop / _best_s(lambda: g @ w.T, repeats)}
+
+
+# Variables that pick OpenBLAS's kernel or blocking: a wrong one (a core type older
+# than the CPU) can halve NumPy's GEMM, so the benchmark also measures without them.
+_BLAS_ENV = ('OPENBLAS_CORETYPE', 'OPENBLAS_L2_SIZE')
+
+
+def blas_info() -> dict:
+  """NumPy's BLAS as loaded here: library, version and the kernel (core) it chose."""
+  info = {name: os.environ.get(name) for name in _BLAS_ENV}
+  try:
+    import threadpoolctl
+    libs = [l for l in threadpoolctl.threadpool_info() if l.get('user_api') == 'blas']
+    if libs:
+      info.update({k: libs[0].get(k) for k in ('internal_api', 'version', 'architecture',
+                                                'num_threads')})
+  except ImportError:
+    info['threadpoolctl'] = 'not installed'
+  return info
+
+
+def numpy_gemm_clean_env(b: int, k: int, n: int, repeats: int = 10) -> dict:
+  """numpy_gemm_gflops in a fresh interpreter with the OpenBLAS variables unset."""
+  env = {k: v for k, v in os.environ.items() if k not in _BLAS_ENV}
+  code = ('import json; from vaecf.tools import benchmark as b; '
+          f'print(json.dumps({{"gflops": b.numpy_gemm_gflops({b}, {k}, {n}, {repeats}), '
+          '"blas": b.blas_info()}))')
+  try:
+    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+  except Exception as e:  # the figure is informative; never fail the benchmark on it
+    return {'error': repr(e)[:200]}
+
+
+def gemm_peaks(b: int, k: int, n: int, dtype, repeats: int = 10) -> dict:
+  """The machine's best float32 GEMM of the decoder's shape, from XLA and from NumPy."""
+  out = {'xla': xla_gemm_gflops(b, k, n, dtype, repeats)}
+  if jnp.dtype(dtype) == jnp.float32:
+    out['numpy'] = numpy_gemm_gflops(b, k, n, repeats)
+    out['numpy_blas'] = blas_info()
+    clean = numpy_gemm_clean_env(b, k, n, repeats)
+    out['numpy_clean_env'] = clean.get('gflops', {})
+    out['numpy_clean_env_blas'] = clean.get('blas', clean)
+  best = {src: max(v.values()) for src, v in out.items()
+          if src in ('xla', 'numpy', 'numpy_clean_env') and v}
+  out['best_source'] = max(best, key=best.get)
+  out['best'] = best[out['best_source']]
+  return out
+
+
+def step_parts(batch, params, opt, repeats: int = 5) -> dict[str, float]:
+  """GFLOP/s of the step's own large products, each jitted alone with the model's code
+  (so they follow its layout and this process's flags), and the Adam update's time."""
+  dec = params['decoder'][-1]
+  enc0 = params['encoder'][0]
+  b = batch.n_users
+  k, out_dim = nn.dense_dims(dec)
+  rng = np.random.default_rng(3)
+  h = jnp.asarray(rng.standard_normal((b, k), np.float32))
+  g = jnp.asarray(rng.standard_normal((b, out_dim), np.float32))
+  dense = lambda p, h: nn.dense(p, h)
+  fwd = jax.jit(dense)
+  wgrad = jax.jit(lambda p, h, g: jax.vjp(lambda p: dense(p, h), p)[1](g)[0])
+  igrad = jax.jit(lambda p, h, g: jax.vjp(lambda h: dense(p, h), h)[1](g)[0])
+  flop = 2 * b * k * out_dim / 1e9
+  out = {'decoder_forward_gflops': flop / _best_s(lambda: fwd(dec, h), repeats),
+         'decoder_weight_grad_gflops': flop / _best_s(lambda: wgrad(dec, h, g), repeats),
+         'decoder_input_grad_gflops': flop / _best_s(lambda: igrad(dec, h, g), repeats)}
+  v = nn.normalized_input(batch)
+  hid = nn.dense_dims(enc0)[1]
+  gh = jnp.asarray(rng.standard_normal((b, hid), np.float32))
+  gather = jax.jit(lambda p, x, v: nn.sparse_dense(p, x, v))
+  scatter = jax.jit(lambda p, x, v, gh: jax.vjp(lambda p: nn.sparse_dense(p, x, v), p)[1](gh)[0])
+  nnz = float(jnp.sum(batch.vals != 0))
+  flop = 2 * nnz * hid / 1e9
+  out['first_layer_gather_gflops'] = flop / _best_s(lambda: gather(enc0, batch, v), repeats)
+  out['first_layer_scatter_gflops'] = flop / _best_s(
+      lambda: scatter(enc0, batch, v, gh), repeats)
+  grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+
+  def via_optax(p, g, s):  # the step's optimiser, as the step applies it
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  lr = 1e-3
+  for key, fn in (('adam_s', via_optax),
+                  ('adam_fused_s', lambda p, g, s: optim.adam_step(p, g, s, lr))):
+    update = jax.jit(fn, donate_argnums=(0, 2))  # grads an argument, not a baked constant
+    state = [jax.tree.map(jnp.copy, params), optim.init(params)]
+    def run_adam(update=update, state=state):
+      state[0], state[1] = update(state[0], grads, state[1])
+      return state[0]
+    out[key] = _best_s(run_adam, repeats)
+  return out
 
 
 def time_train_step(config, x: sp.csr_matrix, mesh, n_steps: int) -> dict[str, float]:
@@ -115,8 +252,24 @@ def time_train_step(config, x: sp.csr_matrix, mesh, n_steps: int) -> dict[str, f
     state, m = step(state, batch, sched)
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t) / n_steps
+  parts = step_parts(batches[1], state['params'], opt)
   return {'compile_s': compile_s, 'step_s': dt, 'users_per_s': b / dt,
-          'loss': float(m['loss'])}
+          'loss': float(m['loss']), 'parts': parts}
+
+
+def time_input_pipeline(x: sp.csr_matrix, batch_size: int, mesh, n_batches: int) -> float:
+  """Seconds to build one training batch the way an epoch does (shuffled rows of the
+  full matrix, padded and put on device), without the prefetch thread that hides it."""
+  it = input_pipeline.epoch_batches(x, batch_size, 0, 1, mesh)
+  jax.block_until_ready(next(it))
+  t = time.perf_counter()
+  n = 0
+  for batch in it:
+    jax.block_until_ready(batch)
+    n += 1
+    if n == n_batches:
+      break
+  return (time.perf_counter() - t) / max(n, 1)
 
 
 def time_eval(config, x: sp.csr_matrix, mesh) -> float:
@@ -157,14 +310,25 @@ def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 
   tr = time_train_step(config, sample, mesh, n_steps)
   nnz_per_user = sample.nnz / sample.shape[0]
   fl = flops_per_user(config, n_items, nnz_per_user)
-  peak = peak_matmul_gflops(batch_size, 600, n_items, jnp.dtype(dtype))
+  peaks = gemm_peaks(batch_size, 600, n_items, jnp.dtype(dtype))
+  peak = peaks['best']
   achieved = tr['users_per_s'] * fl['sparse'] / 1e9
+  pipeline_s = time_input_pipeline(x, batch_size, mesh, min(n_steps, 20))
   out.update({
       'train_users_per_s': tr['users_per_s'], 'step_s': tr['step_s'],
       'epoch_s': tr['step_s'] * math.ceil(n_users / batch_size), 'compile_s': tr['compile_s'],
       'mflops_per_user': fl['sparse'] / 1e6, 'dense_equiv_mflops_per_user': fl['dense'] / 1e6,
       'achieved_gflops': achieved, 'peak_matmul_gflops': peak, 'ratio': achieved / peak,
-      'dense_equiv_ratio': tr['users_per_s'] * fl['dense'] / 1e9 / peak})
+      'dense_equiv_ratio': tr['users_per_s'] * fl['dense'] / 1e9 / peak,
+      'peak_source': peaks['best_source'],
+      'xla_gemm_gflops': peaks['xla'], 'numpy_gemm_gflops': peaks.get('numpy'),
+      'numpy_blas': peaks.get('numpy_blas'),
+      'numpy_clean_env_gemm_gflops': peaks.get('numpy_clean_env'),
+      'numpy_clean_env_blas': peaks.get('numpy_clean_env_blas'),
+      **tr['parts'], 'adam_fraction_of_step': tr['parts']['adam_s'] / tr['step_s'],
+      'input_pipeline_s_per_batch': pipeline_s,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'vaecf_xla_flags': xla_flags.applied()})
   if compare_dense:
     dense_cfg = config.copy_and_resolve_references()
     dense_cfg.model.input_layer = 'dense'
@@ -177,6 +341,20 @@ def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 
       f"{out['epoch_s']:.0f} s/epoch, compile {out['compile_s']:.1f}s); "
       f"{out['mflops_per_user']:.1f} MFLOP/user -> {achieved:.1f} GFLOP/s of "
       f"{peak:.1f} peak (ratio {out['ratio']:.2f}; dense-equivalent {out['dense_equiv_ratio']:.2f})")
+  fmt = lambda d: ' / '.join(f'{v:.0f}' for v in d.values()) if d else 'n/a'
+  log(f"GEMM [{batch_size},600]x[600,{n_items}] forward / weight grad / input grad, GFLOP/s: "
+      f"XLA {fmt(peaks['xla'])}; NumPy {fmt(peaks.get('numpy'))}"
+      + (f"; NumPy in a subprocess without {'/'.join(_BLAS_ENV)} "
+         f"{fmt(peaks.get('numpy_clean_env'))}" if 'numpy_clean_env' in peaks else '')
+      + f" -> peak {peak:.1f} ({peaks['best_source']}); BLAS {peaks.get('numpy_blas')}")
+  p = tr['parts']
+  log(f"in the step's layout, GFLOP/s: decoder forward {p['decoder_forward_gflops']:.1f}, "
+      f"weight grad {p['decoder_weight_grad_gflops']:.1f}, input grad "
+      f"{p['decoder_input_grad_gflops']:.1f}; first layer gather "
+      f"{p['first_layer_gather_gflops']:.1f}, scatter {p['first_layer_scatter_gflops']:.1f}")
+  log(f"Adam update {p['adam_s'] * 1e3:.1f} ms ({out['adam_fraction_of_step']:.0%} of a step; "
+      f"optim.adam_step {p['adam_fused_s'] * 1e3:.1f} ms); "
+      f"input pipeline {pipeline_s * 1e3:.1f} ms/batch; XLA_FLAGS={out['xla_flags']!r}")
   if compare_dense:
     log(f"dense-input step {out['dense_input_users_per_s']:,.0f} users/s: sparse is "
         f"{out['sparse_over_dense_speed']:.2f}x faster")
@@ -209,6 +387,7 @@ def main(argv):
 def cli():
   """Console script entry point (vaecf-benchmark); flags exist only for the command."""
   from vaecf import console
+  xla_flags.apply()
   _define_flags()
   app.run(console.guarded(main))
 
