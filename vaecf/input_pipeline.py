@@ -1,7 +1,8 @@
 """Training batches: shuffled epochs, fixed shapes, prepared off the critical path.
 
-The epoch order is a function of (seed, epoch) alone, so a resumed run replays
-exactly the batches an uninterrupted run would have seen.
+The epoch order is a function of (seed, epoch) alone (and of the pass, for a model
+that makes several passes an epoch), so a resumed run replays exactly the batches an
+uninterrupted run would have seen.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from vaecf.distributed import batch_sharding
 from vaecf.sparse import SparseRows
 
 
-def epoch_order(n_users: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n_users)
+def epoch_order(n_users: int, seed: int, epoch: int, pass_index: int = 0) -> np.ndarray:
+  # Pass 0 keeps the (seed, epoch) stream that single-pass runs have always used.
+  entropy = [seed, epoch] if pass_index == 0 else [seed, epoch, pass_index]
+  return np.random.default_rng(entropy).permutation(n_users)
 
 
 def local_shard_ids(mesh) -> list[int]:
@@ -55,9 +58,9 @@ def global_batch(x: sp.csr_matrix, mesh, users_per_shard: int) -> SparseRows:
   return put_batch(select_shards(host, local_shard_ids(mesh), n_shards), mesh)
 
 
-def epoch_batches(train: sp.csr_matrix, batch_size: int, seed: int, epoch: int, mesh
-                  ) -> Iterator[SparseRows]:
-  order = epoch_order(train.shape[0], seed, epoch)
+def epoch_batches(train: sp.csr_matrix, batch_size: int, seed: int, epoch: int, mesh,
+                  pass_index: int = 0) -> Iterator[SparseRows]:
+  order = epoch_order(train.shape[0], seed, epoch, pass_index)
   per = -(-batch_size // mesh.devices.size)
   for start in range(0, len(order), batch_size):
     yield global_batch(train[order[start:start + batch_size]], mesh, per)

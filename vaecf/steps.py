@@ -17,10 +17,14 @@ import optax
 
 from vaecf import input_pipeline, optim
 from vaecf.distributed import AXIS, replicated
-from vaecf.models import Model
+from vaecf.models import DEFAULT_OPTIMIZER, Model, Phase
 from vaecf.sparse import SparseRows
 
-TrainState = dict  # {'step': int32 [], 'params': pytree, 'opt_state': pytree}
+# {'step': int32 [], 'params': pytree, 'opt_state': pytree} and, for a model with
+# `init_model_state`, 'model_state': pytree (checkpointed, never trained). opt_state is the
+# one optimizer's state for a model that declares none (the layout of earlier runs), else
+# {optimizer name: state over the parameters its phases update}.
+TrainState = dict
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -28,10 +32,43 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optim.adam(config.train.learning_rate)
 
 
+def model_optimizers(model: Model, optimizer) -> dict[str, optax.GradientTransformation]:
+  """The model's own optimizers, or `optimizer` (the config's) under the default name."""
+  if model.optimizers is not None:
+    return dict(model.optimizers)
+  return {DEFAULT_OPTIMIZER: optimizer}
+
+
+def _trained(params, keys):
+  return params if keys is None else {k: params[k] for k in keys}
+
+
+def _with(params, keys, trained):
+  return trained if keys is None else {**params, **trained}
+
+
 def init_state(model: Model, optimizer, key) -> TrainState:
+  """Params from `key`; each optimizer's state over the params its phases update."""
   params = model.init(key)
-  return {'step': jnp.zeros((), jnp.int32), 'params': params,
-          'opt_state': optimizer.init(params)}
+  txs = model_optimizers(model, optimizer)
+  updated = {p.optimizer: p.params for p in model.phases}
+  opt = {name: txs[name].init(_trained(params, keys)) for name, keys in updated.items()}
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+           'opt_state': opt if model.optimizers is not None else opt[DEFAULT_OPTIMIZER]}
+  if model.init_model_state is not None:
+    # A key of its own: the params drawn from `key` stay what they were without it.
+    state['model_state'] = model.init_model_state(jax.random.fold_in(key, 1))
+  return state
+
+
+def require_single_phase(model: Model, what: str) -> None:
+  if not model.single_phase:
+    raise ValueError(
+        f'{what} runs single-phase models only (one pass, one optimizer over all params, '
+        f'no model state); {model.name!r} declares phases '
+        f'{[(p.name, p.passes) for p in model.phases]}, optimizers '
+        f'{sorted(model.optimizers or [DEFAULT_OPTIMIZER])} and '
+        f'{"a" if model.init_model_state else "no"} model state: train it with vaecf.train')
 
 
 def schedule_from_config(config) -> dict[str, jax.Array]:
@@ -54,19 +91,25 @@ def _data_parallel(per_shard, mesh):
   if mesh.devices.size == 1:
     return functools.partial(per_shard, reduce=False)
   return jax.shard_map(functools.partial(per_shard, reduce=True), mesh=mesh,
-                       in_specs=(jax.P(), jax.P(AXIS), jax.P(), jax.P(), jax.P()),
+                       in_specs=(jax.P(), jax.P(), jax.P(AXIS), jax.P(), jax.P(), jax.P()),
                        out_specs=jax.P())
 
 
-def _grads_fn(model: Model):
-  """Per-shard gradient of the batch-mean loss; psum makes it the global mean's."""
-  def per_shard(params, x: SparseRows, key, beta, n_users, *, reduce: bool):
+def _grads_fn(model: Model, phase: Phase):
+  """Per-shard gradient of the batch-mean loss w.r.t. the phase's params; psum makes
+  it the global mean's. `const` holds what the loss reads but this phase never
+  updates: the other params and the model state."""
+  keys, options = phase.params, dict(phase.loss_options)
+
+  def per_shard(trained, const, x: SparseRows, key, beta, n_users, *, reduce: bool):
     def data_loss(p):
-      loss_B, aux = model.loss(p, x, key, beta)
+      extra = {'model_state': const['model_state']} if 'model_state' in const else {}
+      loss_B, aux = model.loss(_with(const['params'], keys, p), x, key, beta, **options,
+                               **extra)
       mask = x.user_mask
       sums = {k: jnp.sum(v * mask) for k, v in aux.items()}
       return jnp.sum(loss_B * mask) / n_users, sums
-    (loss, sums), grads = jax.value_and_grad(data_loss, has_aux=True)(params)
+    (loss, sums), grads = jax.value_and_grad(data_loss, has_aux=True)(trained)
     # `params` enter replicated (unvarying over 'data'), so shard_map's autodiff
     # already sums their gradient over devices; only the reported values need psum.
     if reduce:
@@ -75,25 +118,65 @@ def _grads_fn(model: Model):
   return per_shard
 
 
-def make_train_step(model: Model, optimizer, mesh, seed: int, *, donate: bool = True):
-  """step(state, batch, sched) -> (state, metrics); metrics stay on device."""
+def _make_step(model: Model, txs: dict, phase: Phase, mesh, seed: int, donate: bool):
   base_key = jax.random.fold_in(jax.random.key(seed), 1)
-  sharded = _data_parallel(_grads_fn(model), mesh)
+  sharded = _data_parallel(_grads_fn(model, phase), mesh)
+  tx, keys, own = txs[phase.optimizer], phase.params, model.optimizers is not None
 
   def step(state: TrainState, batch: SparseRows, sched) -> tuple[TrainState, dict[str, Any]]:
     beta = beta_at(state['step'], sched)
     key = jax.random.fold_in(base_key, state['step'])
     n_users = jnp.maximum(jnp.sum(batch.user_mask), 1.0)
-    loss, sums, grads = sharded(state['params'], batch, key, beta, n_users)
-    penalty, pgrads = jax.value_and_grad(model.penalty)(state['params'])
+    params = state['params']
+    trained = _trained(params, keys)
+    const = {'params': {} if keys is None else {k: v for k, v in params.items()
+                                                if k not in keys}}
+    if 'model_state' in state:
+      const['model_state'] = state['model_state']
+    loss, sums, grads = sharded(trained, const, batch, key, beta, n_users)
+    penalty, pgrads = jax.value_and_grad(lambda p: model.penalty(_with(params, keys, p)))(
+        trained)
     grads = jax.tree.map(jnp.add, grads, pgrads)
-    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    opt_state = state['opt_state'][phase.optimizer] if own else state['opt_state']
+    updates, opt_state = tx.update(grads, opt_state, trained)
+    trained = optax.apply_updates(trained, updates)
     metrics = {'loss': loss + penalty, 'beta': beta, 'users': n_users,
                **{k: v / n_users for k, v in sums.items()}}
-    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+    new = {**state, 'step': state['step'] + 1, 'params': _with(params, keys, trained),
+           'opt_state': {**state['opt_state'], phase.optimizer: opt_state} if own
+           else opt_state}
+    return new, metrics
 
   return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_train_step(model: Model, optimizer, mesh, seed: int, *, donate: bool = True):
+  """step(state, batch, sched) -> (state, metrics) of a single-phase model; metrics
+  stay on device. `optimizer` is used unless the model declares its own."""
+  if len(model.phases) != 1:
+    raise ValueError(f'{model.name!r} has {len(model.phases)} phases: use make_phase_steps')
+  return _make_step(model, model_optimizers(model, optimizer), model.phases[0], mesh, seed,
+                    donate)
+
+
+def make_phase_steps(model: Model, optimizer, mesh, seed: int, *, donate: bool = True
+                     ) -> dict[str, Any]:
+  """{phase name: step(state, batch, sched) -> (state, metrics)}, one jitted step per
+  phase (each differentiates only the params it updates)."""
+  txs = model_optimizers(model, optimizer)
+  return {p.name: _make_step(model, txs, p, mesh, seed, donate) for p in model.phases}
+
+
+def make_after_fn(phase: Phase):
+  """state -> state with model_state = phase.after(params, model_state).
+
+  The copy keeps model state from sharing buffers with the params (a refresh that
+  returns them as they are): the next step donates the params.
+  """
+  def after(state: TrainState) -> TrainState:
+    new = phase.after(state['params'], state['model_state'])
+    return {**state, 'model_state': jax.tree.map(jnp.copy, new)}
+  return jax.jit(after)
 
 
 def make_score_fn(model: Model, mesh):

@@ -196,6 +196,7 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
 
 def _run_sweep(config, wd, split, mesh, model, optimizer, init_key, values, models_per_pass,
                stop_after_epoch):
+  steps.require_single_phase(model, 'the vmapped sweep')
   n_models = len(values)
   if config.sweep.mode != 'anneal_steps' and not model.uses_beta and len(set(values)) > 1:
     log.warning('%s ignores beta: every model of this sweep trains identically', model.name)

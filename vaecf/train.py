@@ -76,7 +76,7 @@ def setup(config, workdir: str | Path, split: Split | None = None):
 
 
 def run_epoch(step_fn, state, sched, split: Split, config, mesh, epoch: int, *,
-              progress: bool = True):
+              progress: bool = True, pass_index: int = 0, label: str = ''):
   """One shuffled pass over the training users; per-step metrics stay on the device.
 
   A long epoch shows a progress line (console.Progress); checking it syncs with
@@ -84,10 +84,10 @@ def run_epoch(step_fn, state, sched, split: Split, config, mesh, epoch: int, *,
   """
   history = []
   n_train, b = split.train.shape[0], config.train.batch_size
-  bar = console.Progress(f'epoch {epoch}/{config.train.epochs}', -(-n_train // b),
+  bar = console.Progress(f'epoch {epoch}/{config.train.epochs}{label}', -(-n_train // b),
                          enabled=progress and jax.process_index() == 0)
   for i, batch in enumerate(input_pipeline.prefetch(input_pipeline.epoch_batches(
-      split.train, b, config.train.seed, epoch, mesh)), 1):
+      split.train, b, config.train.seed, epoch, mesh, pass_index)), 1):
     state, m = step_fn(state, batch, sched)
     history.append(m)
     if bar.due():
@@ -95,6 +95,36 @@ def run_epoch(step_fn, state, sched, split: Split, config, mesh, epoch: int, *,
       bar.update(i, min(i * b, n_train))
   bar.close()
   return state, history
+
+
+def run_phases(model, phase_steps: dict, after_fns: dict, state, sched, split: Split, config,
+               mesh, epoch: int):
+  """One epoch of a model's phases, in order: each phase's passes (pass k of the epoch
+  shuffled on (seed, epoch, k)), then its `after` hook. Returns (state, {phase: history})."""
+  histories, k = {}, 0
+  multi = len(model.phases) > 1 or model.phases[0].passes > 1
+  for phase in model.phases:
+    histories[phase.name] = []
+    for j in range(phase.passes):
+      label = f' {phase.name} {j + 1}/{phase.passes}' if multi else ''
+      state, h = run_epoch(phase_steps[phase.name], state, sched, split, config, mesh, epoch,
+                           pass_index=k, label=label)
+      histories[phase.name] += h
+      k += 1
+    if phase.name in after_fns:
+      state = after_fns[phase.name](state)
+  return state, histories
+
+
+def epoch_metrics(model, histories: dict) -> dict[str, float]:
+  """Host means of the epoch's metrics: the first phase's as loss, kl, ...; with several
+  phases also each phase's as <phase>_loss, <phase>_kl, ..."""
+  per = {name: steps.host_scalar_metrics(h) for name, h in histories.items()}
+  out = dict(per[model.phases[0].name])
+  if len(per) > 1:
+    for name, m in per.items():
+      out.update({f'{name}_{k}': v for k, v in m.items() if k != 'beta'})
+  return out
 
 
 def _epoch_line(model, epochs: int, row: dict, best: dict, eta: float) -> str:
@@ -125,7 +155,9 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
 def _train(config, wd, split, mesh, model, optimizer, init_key, stop_after_epoch):
   state = jax.jit(lambda k: steps.init_state(model, optimizer, k),
                   out_shardings=distributed.replicated(mesh))(init_key)
-  train_step = steps.make_train_step(model, optimizer, mesh, config.train.seed)
+  phase_steps = steps.make_phase_steps(model, optimizer, mesh, config.train.seed)
+  after_fns = {p.name: steps.make_after_fn(p) for p in model.phases if p.after is not None}
+  passes = sum(p.passes for p in model.phases)
   sched = steps.schedule_from_config(config)
   for_params, eval_batch = steps.make_scorer(model, mesh, config.train.eval_batch_size)
 
@@ -146,8 +178,9 @@ def _train(config, wd, split, mesh, model, optimizer, init_key, stop_after_epoch
   epoch_times = []
   for epoch in range(start_epoch, epochs + 1):
     t0 = time.perf_counter()
-    state, history = run_epoch(train_step, state, sched, split, config, mesh, epoch)
-    train = steps.host_scalar_metrics(history)
+    state, histories = run_phases(model, phase_steps, after_fns, state, sched, split, config,
+                                  mesh, epoch)
+    train = epoch_metrics(model, histories)
     t_train = time.perf_counter() - t0
     step = int(jax.device_get(state['step']))
     if not all(math.isfinite(v) for v in train.values()):
@@ -157,7 +190,7 @@ def _train(config, wd, split, mesh, model, optimizer, init_key, stop_after_epoch
           'train.learning_rate or check the input data.')
     row = {'epoch': epoch, 'step': step, **{f'train_{k}': v for k, v in train.items()
                                             if k != 'beta'}, 'beta': train['beta'],
-           'users_per_s': n_train / t_train, 'train_seconds': t_train}
+           'users_per_s': n_train * passes / t_train, 'train_seconds': t_train}
     val_ndcg = None
     if epoch % config.train.eval_every == 0 or epoch == epochs:
       t1 = time.perf_counter()

@@ -3,19 +3,54 @@
 A `Model` is a bundle of pure functions; the trainer, the evaluator and the
 recommender only ever call these. Experiments add a model by calling `register`
 in their own module (named by `config.model.module`), without editing vaecf/.
+
+The simplest model (Mult-VAE, Mult-DAE) trains in one phase: one shuffled pass per
+epoch, the config's Adam over all parameters. A model may instead declare its own
+`optimizers` and a tuple of `Phase`s (which top-level parameters each updates, with
+which loss options, how many passes, and a hook run after it), and keep state that is
+not trained (`init_model_state`), which the checkpoints hold (RecVAE: experiments/recvae.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 
 from vaecf.common import Params
 from vaecf.models import dae, nn, vae
 
-__all__ = ['Model', 'Params', 'register', 'available', 'build']
+__all__ = ['Model', 'Phase', 'DEFAULT_OPTIMIZER', 'Params', 'register', 'available', 'build']
+
+
+DEFAULT_OPTIMIZER = 'adam'
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stage of a training epoch.
+
+  name: labels its metrics (train_<name>_loss, ...) when a model has several phases.
+  optimizer: a key of `Model.optimizers` (each keeps its own state in the checkpoint).
+  params: the top-level keys of the params dict this phase updates (None: all); the
+    others enter the loss as constants and come out bit-identical.
+  passes: shuffled passes over the training users per epoch.
+  loss_options: keyword arguments of `Model.loss` in this phase (e.g. dropout_rate).
+  after(params, model_state) -> model_state, run once after the phase's passes.
+  """
+  name: str = 'train'
+  optimizer: str = DEFAULT_OPTIMIZER
+  params: tuple[str, ...] | None = None
+  passes: int = 1
+  loss_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  after: Callable | None = None
+
+  def __post_init__(self):
+    if isinstance(self.params, str):  # one key: Phase(params='decoder')
+      object.__setattr__(self, 'params', (self.params,))
+    elif self.params is not None:
+      object.__setattr__(self, 'params', tuple(self.params))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +58,14 @@ class Model:
   """Pure functions of one model.
 
   init(key) -> params
-  loss(params, x, key, beta) -> (per-user loss [B], {name: per-user [B]})
+  loss(params, x, key, beta, **phase.loss_options) -> (per-user loss [B], {name: [B]});
+    a model with `init_model_state` also gets `model_state=` (constant in the step)
   score(params, x) -> logits [B, I] (evaluation mode)
   penalty(params) -> scalar added once per step (e.g. lam * sum ||W||^2)
   fallback(params) -> scores [I] for a user with no history (None: score an empty row)
+  optimizers: {name: optax transformation}; None: the config's Adam, named 'adam'
+  phases: the epoch, in order; the default is one pass of one phase over all params
+  init_model_state(key) -> a pytree the trainer keeps and checkpoints but never trains
   """
   name: str
   init: Callable
@@ -35,6 +74,39 @@ class Model:
   penalty: Callable = lambda params: jnp.zeros(())
   uses_beta: bool = False
   fallback: Callable | None = None
+  optimizers: Mapping[str, Any] | None = None
+  phases: tuple[Phase, ...] = (Phase(),)
+  init_model_state: Callable | None = None
+
+  def __post_init__(self):
+    if not self.phases:
+      raise ValueError(f'model {self.name!r} declares no training phase')
+    names = self.optimizers.keys() if self.optimizers is not None else {DEFAULT_OPTIMIZER}
+    updates = {}
+    for p in self.phases:
+      if p.optimizer not in names:
+        raise ValueError(f'model {self.name!r}: phase {p.name!r} uses optimizer '
+                         f'{p.optimizer!r}; declared: {sorted(names)}')
+      if p.passes < 1:
+        raise ValueError(f'model {self.name!r}: phase {p.name!r} has passes={p.passes}')
+      keys = None if p.params is None else tuple(p.params)
+      # An optimizer's state is shaped like the parameters it updates, so two phases
+      # can share one only if they update the same ones.
+      if updates.setdefault(p.optimizer, keys) != keys:
+        raise ValueError(f'model {self.name!r}: optimizer {p.optimizer!r} is used by '
+                         'phases that update different parameters')
+      if p.after is not None and self.init_model_state is None:
+        raise ValueError(f'model {self.name!r}: phase {p.name!r} has an `after` hook on '
+                         'model state, but the model declares no init_model_state')
+    if len({p.name for p in self.phases}) != len(self.phases):
+      raise ValueError(f'model {self.name!r}: phase names must differ')
+
+  @property
+  def single_phase(self) -> bool:
+    """The built-in case: one pass, one optimizer over all params, no extra state."""
+    return (self.optimizers is None and len(self.phases) == 1 and self.phases[0].passes == 1
+            and self.phases[0].params is None and not self.phases[0].loss_options
+            and self.phases[0].after is None and self.init_model_state is None)
 
 
 _FACTORIES: dict[str, Callable[[Any, int], Model]] = {}
