@@ -3,7 +3,6 @@ transcription of the authors' forward pass, the alternating schedule, the prior 
 resumption, and serving through the unchanged Recommender and export."""
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from scipy import special, stats
 
 import jax
