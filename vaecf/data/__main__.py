@@ -18,10 +18,15 @@ from ml_collections import config_flags
 from vaecf.data import load_split, textio
 from vaecf.data.types import Split
 
-flags.DEFINE_string('export_dir', None, 'Where to write the five CSV files (optional).')
-config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
-                                lock_config=True)
-flags.mark_flags_as_required(['config'])
+
+def _define_flags():
+  # Only for the command: importing this module (tests, other tools) defines no flags.
+  flags.DEFINE_string('export_dir', None, 'Where to write the five CSV files (optional).')
+  config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config'])
+
+
 FLAGS = flags.FLAGS
 
 # Lines formatted at a time: the MSD's train part as Python strings (or as
@@ -106,6 +111,7 @@ def main(argv):
 def run():
   """Console script entry point (vaecf-data)."""
   from vaecf import console
+  _define_flags()
   app.run(console.guarded(main))
 
 
