@@ -54,6 +54,22 @@ def _best_step(workdir: Path, mngr) -> int:
   return max(saved)
 
 
+def import_saved_model(config, workdir: Path, trust_code: bool) -> None:
+  """Imports the model module a saved config names, only if the caller trusts it.
+
+  Built-in (already registered) models need nothing; a module would run its code.
+  """
+  from vaecf import models, train
+  if not config.model.module or config.model.name in models.available():
+    return
+  if not trust_code:
+    raise PermissionError(
+        f'{workdir} was trained with model {config.model.name!r} from module '
+        f'{config.model.module!r}; opening it imports and runs that module. Pass '
+        'trust_code=True (--trust_code on the command line) only if you trust the code.')
+  train.import_model_module(config)
+
+
 def from_workdir(workdir: str | Path, step: int | None = None, *, titles=None,
                  trust_code: bool = False) -> Recommender:
   """A Recommender for a run of vaecf.main (best checkpoint unless `step`) or a baseline.
@@ -72,15 +88,9 @@ def from_workdir(workdir: str | Path, step: int | None = None, *, titles=None,
     info = {'workdir': str(wd), **json.loads((wd / 'baseline.json').read_text())}
     return Recommender(baselines.load(wd), item_ids, titles=names, info=info)
 
-  from vaecf import checkpoints, distributed, models, steps, train, workdir as workdir_lib
+  from vaecf import checkpoints, distributed, models, steps, workdir as workdir_lib
   config = workdir_lib.load_config(wd)  # older runs: new keys take their defaults
-  if config.model.module and config.model.name not in models.available():
-    if not trust_code:
-      raise PermissionError(
-          f'{wd} was trained with model {config.model.name!r} from module '
-          f'{config.model.module!r}; opening it imports and runs that module. Pass '
-          'trust_code=True (--trust_code on the command line) only if you trust the code.')
-    train.import_model_module(config)
+  import_saved_model(config, wd, trust_code)
   model = models.build(config, len(item_ids))
   if not (wd / 'checkpoints').is_dir():
     raise FileNotFoundError(f'no checkpoints folder in {wd}')

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from vaecf import distributed, evaluate as evaluation, models, sweep, train
+from vaecf import distributed, evaluate as evaluation, models, sweep
 from vaecf.data import load_split
 from vaecf.evaluate import EvalResult
 from vaecf.serving import from_workdir
+from vaecf.serving.load import import_saved_model
 from vaecf.tools import plots
 from vaecf.workdir import load_config
 
@@ -89,11 +90,7 @@ def evaluate_workdir(workdir: Path, name: str, split, mesh, trust_code: bool = F
   """{label: EvalResult on the test users} for the run, or each model of a sweep."""
   if (workdir / 'sweep.json').exists():
     config = load_config(workdir)
-    if config.model.module and config.model.name not in models.available():
-      if not trust_code:
-        raise PermissionError(f'{workdir}: its model comes from module {config.model.module!r};'
-                              ' pass --trust_code to import and run it')
-      train.import_model_module(config)
+    import_saved_model(config, workdir, trust_code)
     model = models.build(config, split.n_items)
     summary = json.loads((workdir / 'sweep.json').read_text())
     params_M = sweep.restore_best_params(workdir, config, split.n_items, mesh)
