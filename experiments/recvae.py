@@ -169,9 +169,12 @@ class RecVAE:
   def decode(self, dec_params, z_BxK):
     return nn.dense(dec_params, z_BxK)
 
-  def loss(self, params, x: SparseRows, key, beta, *, model_state, dropout_rate: float):
-    """Per-user nll + gamma |x_u| KL (beta is unused: the weight is per user)."""
+  def loss(self, params, x: SparseRows, key, beta, *, model_state, dropout_rate: float,
+           gamma=None):
+    """Per-user nll + gamma |x_u| KL (beta is unused: the weight is per user); gamma is
+    traced in the step (a sweep can vmap over it)."""
     del beta
+    gamma = self.gamma if gamma is None else gamma
     k_drop, k_eps = jax.random.split(key)
     mu, logvar = self.encode(params['encoder'], x, k_drop, dropout_rate)
     z = vae.sample(k_eps, mu, logvar, x.user_pos)
@@ -179,7 +182,7 @@ class RecVAE:
     post_mu, post_logvar = self.encode(model_state['prior'], x)  # frozen, no dropout
     kl = kl_estimate(z, mu, logvar, post_mu, post_logvar)
     n_u = jax.ops.segment_sum(x.vals, x.rows, num_segments=x.n_users, indices_are_sorted=True)
-    return nll + self.gamma * n_u * kl, {'nll': nll, 'kl': kl}
+    return nll + gamma * n_u * kl, {'nll': nll, 'kl': kl}
 
   def score(self, params, x: SparseRows):
     mu, _ = self.encode(params['encoder'], x)
@@ -218,4 +221,5 @@ def make(config, n_items: int) -> models.Model:
   return models.Model(
       name='recvae', init=r.init, loss=r.loss, score=r.score, fallback=r.fallback,
       optimizers={'encoder': optax.adam(t.learning_rate), 'decoder': optax.adam(t.learning_rate)},
-      phases=(encoder, decoder), init_model_state=r.init_model_state)
+      phases=(encoder, decoder), init_model_state=r.init_model_state,
+      hparams={'gamma': r.gamma})

@@ -140,8 +140,29 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, split):
   np.testing.assert_array_equal(exported.fallback, rec.fallback)
 
 
-def test_the_vmapped_sweep_refuses_a_multi_phase_model(tmp_path, split):
+def test_a_gamma_sweep_of_the_alternating_model_equals_its_single_runs(tmp_path, split):
+  """The vmapped sweep runs every phase, and the prior refresh, per model: model m of a
+  sweep over RecVAE's traced gamma is the single run at that gamma."""
   c = recvae_config(tmp_path)
-  c.sweep.caps = (0.1, 0.2)
-  with pytest.raises(ValueError, match='single-phase models only'):
+  c.sweep.grid = 'gamma=0.005,0.5'
+  res = sweep.train_sweep(c, tmp_path / 'sweep', split=split)
+  params_M = sweep.restore_best_params(tmp_path / 'sweep', c, split.n_items,
+                                       distributed.make_mesh())
+  for m, point in enumerate(sweep.grid_points(c)):
+    single = train.train_and_evaluate(sweep.model_config(c, point), tmp_path / f's{m}',
+                                      split=split)
+    got = res['models'][m]
+    assert got['point'] == point and got['best_epoch'] == single['best_epoch']
+    assert got['test'] == pytest.approx(single['test'], rel=1e-4, abs=1e-6)
+    best = checkpoints.load_state(tmp_path / f's{m}', single['best_epoch'])[0]['params']
+    for x, y in zip(jax.tree.leaves(jax.tree.map(lambda a: a[m], params_M)),
+                    jax.tree.leaves(best), strict=True):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+  assert res['models'][0]['test'] != res['models'][1]['test']  # gamma really differs
+
+
+def test_learning_rate_is_not_sweepable_for_a_model_with_its_own_optimizers(tmp_path, split):
+  c = recvae_config(tmp_path)
+  c.sweep.grid = 'learning_rate=1e-3,1e-4'
+  with pytest.raises(ValueError, match='declares its own optimizers'):
     sweep.train_sweep(c, tmp_path / 'sweep', split=split)

@@ -76,6 +76,72 @@ def test_vmapped_sweep_step_equals_single_steps(tmp_path, embedded_split, mode, 
   assert len(set(betas.round(6))) == len(values), betas  # the settings really differ
 
 
+@pytest.mark.parametrize('grid', [
+    'learning_rate=1e-2,2e-3',
+    'dropout_rate=0.1,0.7',
+    'learning_rate=1e-2,2e-3;weight_decay=0,1e-3',  # a product: 4 models
+])
+def test_a_sweep_of_traced_knobs_equals_the_single_runs(tmp_path, embedded_split, grid):
+  c = small_config(tmp_path)
+  c.sweep.grid = grid
+  n_items = embedded_split.n_items
+  model, opt = models.build(c, n_items), steps.make_optimizer(c)
+  mesh = distributed.make_mesh()
+  batches = [input_pipeline.global_batch(embedded_split.train[i * 9:(i + 1) * 9], mesh, 3)
+             for i in range(3)]
+  points = sweep.grid_points(c)
+  assert len(points) == math.prod(len(v.split(',')) for v in grid.split(';'))
+  states = sweep.stack_states(steps.init_state(model, opt, jax.random.key(0)), len(points))
+  step_m = sweep.make_sweep_step(model, opt, mesh, seed=3)
+  hparams_m = sweep.hparams(c, n_items, points)
+  for b in batches:
+    states, _ = step_m(states, b, hparams_m)
+  for m, point in enumerate(points):
+    cm = sweep.model_config(c, point)
+    model_m = models.build(cm, n_items)
+    # The plain single run: optax.adam at the point's rate, the model's hyperparameters
+    # as Python constants (a bare schedule, so nothing of the model is traced).
+    plain = optax.adam(cm.train.learning_rate)
+    state = steps.init_state(model_m, plain, jax.random.key(0))
+    single = steps.make_train_step(model_m, plain, mesh, seed=3)
+    for b in batches:
+      state, _ = single(state, b, steps.schedule_from_config(cm))
+    _leaves_close(_unstack(states['params'], m), state['params'], rtol=1e-5, atol=1e-6)
+  finals = [np.asarray(jax.tree.leaves(_unstack(states['params'], m))[0]) for m in
+            range(len(points))]
+  for i in range(len(points)):  # every point trains another model
+    for j in range(i):
+      assert not np.allclose(finals[i], finals[j])
+
+
+def test_a_knob_that_is_not_traced_is_refused_before_the_workdir_is_written(tmp_path,
+                                                                             embedded_split):
+  c = small_config(tmp_path)
+  c.sweep.grid = 'latent_dim=8,16'
+  with pytest.raises(ValueError, match='not a traced hyperparameter.*separate sweeps'):
+    sweep.train_sweep(c, tmp_path / 'sweep', split=embedded_split)
+  assert not (tmp_path / 'sweep').exists()
+  c.sweep.grid = 'no_such_knob=1,2'
+  with pytest.raises(ValueError, match='no_such_knob.*not a traced'):
+    sweep.train_sweep(c, tmp_path / 'sweep', split=embedded_split)
+
+
+def test_a_grid_sweep_writes_its_points_and_table(tmp_path, embedded_split):
+  from experiments import sweep as sweep_command
+  c = small_config(tmp_path)
+  c.train.epochs = 1
+  c.sweep.grid = 'learning_rate=1e-2,1e-3;dropout_rate=0.5'
+  res = sweep.train_sweep(c, tmp_path / 'grid', split=embedded_split)
+  assert res['mode'] == 'grid' and res['knob'] == 'learning_rate'
+  assert [m['point'] for m in res['models']] == [
+      {'learning_rate': 1e-2, 'dropout_rate': 0.5}, {'learning_rate': 1e-3, 'dropout_rate': 0.5}]
+  rows = read_metrics(tmp_path / 'grid')
+  assert [r['sweep_point'] for r in rows] == [m['point'] for m in res['models']]
+  table = sweep_command.markdown(res).splitlines()
+  assert table[0].startswith('| learning_rate | dropout_rate | best epoch')
+  assert table[2].startswith('| 0.01 | 0.5 | 1 |') and len(table) == 4
+
+
 def test_sweep_run_resumes_and_matches_single_runs(tmp_path, embedded_split):
   c = small_config(tmp_path, values=(0.0, 1.0))
   c.train.eval_batch_size = 25  # several evaluation batches

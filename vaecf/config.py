@@ -57,11 +57,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 1  # epochs between validation passes
   c.train.eval_batch_size = 2000
   c.train.keep_latest = 1  # checkpoints kept besides the best
+  # Early stopping: end once the best validation NDCG@100 is this many epochs old (0: never).
+  c.train.patience = 0
 
   c.sweep = ml_collections.ConfigDict()
   # Parallel beta sweep (experiments/sweep_beta.py): one model per value, trained at once.
   c.sweep.mode = 'cap'  # cap: anneal to each cap | constant: fixed beta | anneal_steps
   c.sweep.caps = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)  # the values swept, whatever the mode
+  # Any traced hyperparameters instead, as a grid (their product), e.g.
+  # 'learning_rate=1e-3,3e-4;dropout_rate=0.3,0.5'; '' sweeps `mode` over `caps`.
+  c.sweep.grid = ''
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.initialize = False  # jax.distributed.initialize() before anything
@@ -81,6 +86,23 @@ LIKELIHOODS = ('multinomial', 'gaussian', 'logistic')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 INPUT_LAYERS = ('sparse', 'dense')
 SWEEP_MODES = ('cap', 'constant', 'anneal_steps')
+
+
+def parse_grid(spec: str) -> dict[str, tuple[float, ...]]:
+  """'knob=v,v;knob=v' -> {knob: (v, v), ...}, in order; '' -> {}."""
+  grid = {}
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    name, sep, values = part.partition('=')
+    name = name.strip()
+    if not sep or not name.isidentifier():
+      raise ValueError(f'{part!r} is not knob=value,value,... (knobs separated by ";")')
+    if name in grid:
+      raise ValueError(f'knob {name!r} is given twice')
+    try:
+      grid[name] = tuple(float(v) for v in values.split(','))
+    except ValueError:
+      raise ValueError(f'{part!r}: the values must be numbers separated by ","') from None
+  return grid
 
 
 def validate(config) -> None:
@@ -147,6 +169,12 @@ def validate(config) -> None:
   if t.constant_beta is not None:
     check('train.constant_beta', finite(t.constant_beta) and t.constant_beta >= 0,
           'a number >= 0, or None to anneal')
+  check('train.patience', is_int(t.patience) and (t.patience == 0 or t.patience >= t.eval_every),
+        'an integer number of epochs >= train.eval_every, or 0 for no early stopping')
   check('sweep.mode', config.sweep.mode in SWEEP_MODES, f'one of {SWEEP_MODES}')
+  try:
+    parse_grid(config.sweep.grid)
+  except ValueError as e:
+    problems.append(f'sweep.grid={config.sweep.grid!r}: {e}')
   if problems:
     raise ConfigError('invalid config:\n  ' + '\n  '.join(problems))

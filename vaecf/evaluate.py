@@ -88,30 +88,60 @@ def batch_metrics(scores_BxI, fold_idx_BxL, fold_val_BxL, tgt_idx_BxT, tgt_val_B
   return out
 
 
+def _per_user(score_fn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, metrics,
+              batch_size: int, n_models: int | None):
+  """Per-user metric arrays ([U] each; [M, U] with a leading model axis) and the rows kept."""
+  if fold_in.shape != targets.shape:
+    raise ValueError(f'fold-in {fold_in.shape} and targets {targets.shape} differ in shape')
+  metrics = tuple((str(kind), int(k)) for kind, k in metrics)
+  keep = np.flatnonzero(np.diff(targets.indptr) > 0)
+  fold_in, targets = fold_in[keep], targets[keep]
+  batch_size = max(1, min(batch_size, max(len(keep), 1)))
+  want = fold_in.shape if n_models is None else (n_models, *fold_in.shape)
+  chunks = {metric_name(kind, k): [] for kind, k in metrics}
+  for start, stop, fold_b in sparse.batches(fold_in, batch_size):
+    scores = score_fn(fold_b)
+    if tuple(scores.shape) != (want[:-2] + fold_b.shape):
+      raise ValueError(f'score_fn returned shape {tuple(scores.shape)}, expected '
+                       f'{want[:-2] + fold_b.shape}')
+    f_idx, f_val = sparse.to_padded(fold_b)
+    t_idx, t_val = sparse.to_padded(sparse.pad_rows(targets[start:stop], batch_size))
+    if n_models is None:
+      vals = batch_metrics(scores, f_idx, f_val, t_idx, t_val, metrics)
+    else:
+      vals = _models_metrics(metrics)(scores, f_idx, f_val, t_idx, t_val)
+    if jax.process_count() > 1:  # per-user values live on every process's devices
+      vals = multihost_utils.process_allgather(vals, tiled=n_models is None)
+      if n_models is not None:  # gathered on a new leading axis: users follow models
+        vals = jax.tree.map(lambda v: np.concatenate(list(v), axis=-1), vals)
+    for name, v in jax.device_get(vals).items():
+      chunks[name].append(np.asarray(v)[..., :stop - start])
+  empty = np.zeros((0,) if n_models is None else (n_models, 0), np.float32)
+  return {k: (np.concatenate(v, axis=-1) if v else empty) for k, v in chunks.items()}, keep
+
+
+@functools.lru_cache(maxsize=None)
+def _models_metrics(metrics: tuple[tuple[str, int], ...]):
+  per_model = functools.partial(batch_metrics, metrics=metrics)
+  return jax.jit(jax.vmap(per_model, in_axes=(0, None, None, None, None)))
+
+
 def evaluate(score_fn: ScoreFn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, *,
              metrics: Sequence[tuple[str, int]] = DEFAULT_METRICS,
              batch_size: int = 2000) -> EvalResult:
   """Scores every held-out user with targets; users without targets are left out."""
-  if fold_in.shape != targets.shape:
-    raise ValueError(f'fold-in {fold_in.shape} and targets {targets.shape} differ in shape')
-  metrics = tuple((str(kind), int(k)) for kind, k in metrics)
-  n_tgt = np.diff(targets.indptr)
-  keep = np.flatnonzero(n_tgt > 0)
-  fold_in, targets = fold_in[keep], targets[keep]
-  per_user = {metric_name(kind, k): [] for kind, k in metrics}
-  batch_size = max(1, min(batch_size, max(len(keep), 1)))
-  for start, stop, fold_b in sparse.batches(fold_in, batch_size):
-    scores = score_fn(fold_b)
-    if scores.shape != fold_b.shape:
-      raise ValueError(f'score_fn returned shape {scores.shape}, expected {fold_b.shape}')
-    f_idx, f_val = sparse.to_padded(fold_b)
-    t_idx, t_val = sparse.to_padded(sparse.pad_rows(targets[start:stop], batch_size))
-    vals = batch_metrics(scores, f_idx, f_val, t_idx, t_val, metrics)
-    if jax.process_count() > 1:  # per-user values live on every process's devices
-      vals = multihost_utils.process_allgather(vals, tiled=True)
-    vals = jax.device_get(vals)
-    for name, v in vals.items():
-      per_user[name].append(np.asarray(v)[:stop - start])
-  per_user = {k: (np.concatenate(v) if v else np.zeros(0, np.float32))
-              for k, v in per_user.items()}
+  per_user, keep = _per_user(score_fn, fold_in, targets, metrics, batch_size, None)
   return EvalResult(per_user=per_user, rows=keep)
+
+
+def evaluate_models(score_fn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, n_models: int,
+                    *, metrics: Sequence[tuple[str, int]] = DEFAULT_METRICS,
+                    batch_size: int = 2000) -> list[EvalResult]:
+  """`evaluate` for M models scored in one pass: score_fn(csr) -> [M, B, I].
+
+  The same batches, masking and metrics as `evaluate`, vmapped over the model axis;
+  model m's result equals `evaluate` of its own scores.
+  """
+  per_user, keep = _per_user(score_fn, fold_in, targets, metrics, batch_size, n_models)
+  return [EvalResult(per_user={k: v[m] for k, v in per_user.items()}, rows=keep)
+          for m in range(n_models)]

@@ -27,9 +27,25 @@ from vaecf.sparse import SparseRows
 TrainState = dict
 
 
+class TracedLR(optax.GradientTransformation):
+  """An optimizer at learning rate 1 whose updates the step scales by the traced
+  hyperparameter 'learning_rate' (so a sweep can vmap over it). Adam's rate is its final
+  scale, so this is optax.adam(lr) to the bit. `default` is used when the hyperparameters
+  passed to the step hold no 'learning_rate'."""
+  __slots__ = ()
+
+  @property
+  def default(self) -> float:
+    return self.update.default_learning_rate
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-  # optax.adam's maths and state, one expression per leaf (vaecf/optim.py).
-  return optim.adam(config.train.learning_rate)
+  """The config's Adam (optax.adam's maths and state, one expression per leaf:
+  vaecf/optim.py), with its learning rate traced."""
+  unit = optim.adam(1.0)
+  update = functools.partial(unit.update)
+  update.default_learning_rate = float(config.train.learning_rate)
+  return TracedLR(unit.init, update)
 
 
 def model_optimizers(model: Model, optimizer) -> dict[str, optax.GradientTransformation]:
@@ -72,11 +88,24 @@ def require_single_phase(model: Model, what: str) -> None:
 
 
 def schedule_from_config(config) -> dict[str, jax.Array]:
-  """Traced annealing settings: changing them (or vmapping over them) never recompiles."""
+  """The trainer's traced hyperparameters (annealing and learning rate): changing them,
+  or vmapping over them, never recompiles."""
   t = config.train
   const = -1.0 if t.constant_beta is None else float(t.constant_beta)
   return {'cap': jnp.float32(t.anneal_cap), 'total_steps': jnp.float32(t.total_anneal_steps),
-          'constant': jnp.float32(const)}
+          'constant': jnp.float32(const), 'learning_rate': jnp.float32(t.learning_rate)}
+
+
+def hparams_from_config(config, model: Model) -> dict[str, jax.Array]:
+  """Everything the step reads traced: the schedule and the model's own `hparams`."""
+  return {**schedule_from_config(config),
+          **{k: jnp.float32(v) for k, v in model.hparams.items()}}
+
+
+def model_hparams(model: Model, hparams) -> dict[str, Any]:
+  """The model's keyword hyperparameters: traced where `hparams` holds them, else the
+  model's own values (a step given a bare schedule)."""
+  return {k: hparams.get(k, v) for k, v in model.hparams.items()}
 
 
 def beta_at(step, sched) -> jax.Array:
@@ -105,7 +134,7 @@ def _grads_fn(model: Model, phase: Phase):
     def data_loss(p):
       extra = {'model_state': const['model_state']} if 'model_state' in const else {}
       loss_B, aux = model.loss(_with(const['params'], keys, p), x, key, beta, **options,
-                               **extra)
+                               **extra, **const['hparams'])
       mask = x.user_mask
       sums = {k: jnp.sum(v * mask) for k, v in aux.items()}
       return jnp.sum(loss_B * mask) / n_users, sums
@@ -129,16 +158,20 @@ def _make_step(model: Model, txs: dict, phase: Phase, mesh, seed: int, donate: b
     n_users = jnp.maximum(jnp.sum(batch.user_mask), 1.0)
     params = state['params']
     trained = _trained(params, keys)
+    hp = model_hparams(model, sched)
     const = {'params': {} if keys is None else {k: v for k, v in params.items()
-                                                if k not in keys}}
+                                                if k not in keys}, 'hparams': hp}
     if 'model_state' in state:
       const['model_state'] = state['model_state']
     loss, sums, grads = sharded(trained, const, batch, key, beta, n_users)
-    penalty, pgrads = jax.value_and_grad(lambda p: model.penalty(_with(params, keys, p)))(
-        trained)
+    penalty, pgrads = jax.value_and_grad(
+        lambda p: model.penalty(_with(params, keys, p), **hp))(trained)
     grads = jax.tree.map(jnp.add, grads, pgrads)
     opt_state = state['opt_state'][phase.optimizer] if own else state['opt_state']
     updates, opt_state = tx.update(grads, opt_state, trained)
+    if isinstance(tx, TracedLR):
+      lr = sched.get('learning_rate', tx.default)
+      updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
     trained = optax.apply_updates(trained, updates)
     metrics = {'loss': loss + penalty, 'beta': beta, 'users': n_users,
                **{k: v / n_users for k, v in sums.items()}}

@@ -1,56 +1,107 @@
-"""Parallel beta sweeps: M models trained at once in one jitted, vmapped step.
+"""Parallel sweeps: M models trained at once in one jitted, vmapped step.
 
 Every model starts from the same initial parameters (the single run's init key),
-sees the same batches and draws the same dropout/eps noise; only its beta setting
-differs. So model m of a sweep is exactly the single run of `model_config(config, v_m)`
-(tests/test_sweep.py). The step is `steps.make_train_step` vmapped over a leading
-model axis of (parameters, optimiser state, schedule); the step counter and each
-batch are shared, and the batch is still split over 'data'. Evaluation scores a
-batch for all M models in one pass.
+sees the same batches and draws the same dropout/eps noise; only its traced
+hyperparameters differ: the beta schedule (`config.sweep.mode` over `config.sweep.caps`),
+or any grid of traced knobs (`config.sweep.grid`: the annealing settings, the learning
+rate, and each model's own `hparams` such as dropout_rate, weight_decay or RecVAE's
+gamma). So model m of a sweep is exactly the single run of `model_config(config, point_m)`
+(tests/test_sweep.py). Each phase's step is the single run's, vmapped over a leading
+model axis of (parameters, optimizer state, model state, hyperparameters); the step
+counter and each batch are shared, and the batch is still split over 'data'. The epochs
+are vaecf.loop's, as for a single run; evaluation scores a batch for all M models in one
+pass (vaecf.evaluate.evaluate_models). Settings that change shapes (hidden_dims,
+latent_dim) cannot share a step: run them as separate sweeps (experiments.tune does).
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
-import time
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
-import numpy as np
 import orbax.checkpoint as ocp
-import scipy.sparse as sp
 
-from vaecf import (checkpoints, distributed, evaluate as evaluation, input_pipeline, models,
-                   sparse, steps, train)
+from vaecf import checkpoints, distributed, evaluate as evaluation, input_pipeline, loop, models, steps, train
+from vaecf.config import ConfigError, parse_grid, validate
+from vaecf.data import load_split
 from vaecf.data.types import Split
 
 log = logging.getLogger(__name__)
-MODES = ('cap', 'constant', 'anneal_steps')
 BEST = checkpoints.BEST_METRIC
+# The trainer's traced knobs and the config keys that set them; a model's own `hparams`
+# are set by config.model.<name>.
+TRAIN_KNOBS = {'anneal_cap': 'anneal_cap', 'constant_beta': 'constant_beta',
+               'total_anneal_steps': 'total_anneal_steps', 'learning_rate': 'learning_rate'}
+MODE_KNOBS = {'cap': 'anneal_cap', 'constant': 'constant_beta',
+              'anneal_steps': 'total_anneal_steps'}
+MODES = tuple(MODE_KNOBS)
 
 
-def model_config(config, value: float):
-  """The single-run config equivalent to the sweep's model with setting `value`."""
-  mode = config.sweep.mode
-  if mode not in MODES:
-    raise ValueError(f'config.sweep.mode={mode!r}: use one of {MODES}')
+def grid_points(config) -> list[dict[str, float]]:
+  """The sweep's points, in order: the product of `config.sweep.grid` or, when it is
+  empty, the knob of `config.sweep.mode` at each of `config.sweep.caps`."""
+  grid = parse_grid(config.sweep.grid)
+  if not grid:
+    if config.sweep.mode not in MODES:
+      raise ValueError(f'config.sweep.mode={config.sweep.mode!r}: use one of {MODES}')
+    grid = {MODE_KNOBS[config.sweep.mode]: tuple(float(v) for v in config.sweep.caps)}
+  names = list(grid)
+  return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+
+
+def model_config(config, point):
+  """The single-run config equivalent to the sweep's model at `point` ({knob: value}, or
+  a bare value of `config.sweep.mode`'s knob)."""
+  if not isinstance(point, dict):
+    if config.sweep.mode not in MODES:
+      raise ValueError(f'config.sweep.mode={config.sweep.mode!r}: use one of {MODES}')
+    point = {MODE_KNOBS[config.sweep.mode]: point}
   c = config.copy_and_resolve_references()
-  if mode == 'cap':
-    c.train.anneal_cap = float(value)
-  elif mode == 'constant':
-    c.train.constant_beta = float(value)
-  else:
-    c.train.total_anneal_steps = int(round(value))
+  for knob, value in point.items():
+    if knob in TRAIN_KNOBS:
+      key = TRAIN_KNOBS[knob]
+      c.train[key] = int(round(value)) if key == 'total_anneal_steps' else float(value)
+    elif knob in c.model:
+      c.model[knob] = float(value)
+    else:
+      raise ConfigError(f'sweep knob {knob!r} is neither a trainer knob '
+                        f'({sorted(TRAIN_KNOBS)}) nor a key of config.model')
   return c
 
 
+def check_traceable(config, model: models.Model, points: list[dict]) -> None:
+  """Every knob must be traced by the step: a knob that is not would train M equal
+  models, or need other shapes; say so before anything runs."""
+  traced = set(TRAIN_KNOBS) | set(model.hparams)
+  for knob in points[0]:
+    if knob not in traced:
+      raise ConfigError(
+          f'sweep knob {knob!r} is not a traced hyperparameter of {model.name!r} (traced: '
+          f'{sorted(traced)}); settings that change shapes, such as hidden_dims or '
+          'latent_dim, run as separate sweeps')
+    if knob == 'learning_rate' and model.optimizers is not None:
+      raise ConfigError(f'{model.name!r} declares its own optimizers, whose learning rates '
+                        'the config does not set: learning_rate cannot be swept')
+
+
+def hparams(config, n_items: int, points: list[dict] | None = None) -> dict[str, jax.Array]:
+  """Each model's traced hyperparameters, stacked on a leading model axis: {name: [M]}."""
+  points = grid_points(config) if points is None else points
+  per_model = []
+  for point in points:
+    c = model_config(config, point)
+    per_model.append(steps.hparams_from_config(c, models.build(c, n_items)))
+  return jax.tree.map(lambda *v: jnp.stack(v), *per_model)
+
+
 def schedules(config) -> dict[str, jax.Array]:
-  """Each model's traced schedule, stacked on a leading model axis: {name: [M]}."""
-  per_model = [steps.schedule_from_config(model_config(config, v)) for v in config.sweep.caps]
+  """The beta sweep's stacked schedules (no model hyperparameters: the steps fill them
+  in from the model)."""
+  per_model = [steps.schedule_from_config(model_config(config, p)) for p in grid_points(config)]
   return jax.tree.map(lambda *v: jnp.stack(v), *per_model)
 
 
@@ -66,31 +117,56 @@ def over_models(fn, models_per_pass: int | None):
   return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=models_per_pass)
 
 
-def make_sweep_step(model: models.Model, optimizer, mesh, seed: int, *,
-                    models_per_pass: int | None = None, donate: bool = True):
-  """step(states, batch, scheds_M) -> (states, metrics_M): the single step over models.
+def _per_model(states):
+  return {k: v for k, v in states.items() if k != 'step'}
 
-  The step counter is shared, so the dropout and eps draws are made once per step.
-  """
-  single = steps.make_train_step(model, optimizer, mesh, seed, donate=False)
 
-  def step(states, batch, scheds_M):
-    def one(params, opt_state, sched):
-      new, metrics = single({'step': states['step'], 'params': params, 'opt_state': opt_state},
-                            batch, sched)
-      return new['params'], new['opt_state'], metrics
-    params, opt_state, metrics = over_models(one, models_per_pass)(
-        states['params'], states['opt_state'], scheds_M)
-    return {'step': states['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
-
+def _vmap_step(single, models_per_pass, donate):
+  """A single run's step(state, batch, hparams) over the model axis of states/hparams."""
+  def step(states, batch, hparams_M):
+    def one(rest, hp):
+      new, metrics = single({'step': states['step'], **rest}, batch, hp)
+      return _per_model(new), metrics
+    rest, metrics = over_models(one, models_per_pass)(_per_model(states), hparams_M)
+    return {'step': states['step'] + 1, **rest}, metrics
   return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
+def make_sweep_steps(model: models.Model, optimizer, mesh, seed: int, *,
+                     models_per_pass: int | None = None, donate: bool = True) -> dict:
+  """{phase: step(states, batch, hparams_M) -> (states, metrics_M)}: each phase's single
+  step over the models. The step counter is shared, so the dropout and eps draws are made
+  once per step."""
+  singles = steps.make_phase_steps(model, optimizer, mesh, seed, donate=False)
+  return {name: _vmap_step(fn, models_per_pass, donate) for name, fn in singles.items()}
+
+
+def make_sweep_step(model: models.Model, optimizer, mesh, seed: int, *,
+                    models_per_pass: int | None = None, donate: bool = True):
+  """The one step of a single-phase model over the models."""
+  if len(model.phases) != 1:
+    raise ValueError(f'{model.name!r} has {len(model.phases)} phases: use make_sweep_steps')
+  return next(iter(make_sweep_steps(model, optimizer, mesh, seed,
+                                    models_per_pass=models_per_pass, donate=donate).values()))
+
+
+def make_sweep_after_fns(model: models.Model) -> dict:
+  """Each phase's `after` hook over the models."""
+  out = {}
+  for p in model.phases:
+    if p.after is not None:
+      single = steps.make_after_fn(p)
+      out[p.name] = jax.jit(lambda states, single=single: {
+          'step': states['step'], **jax.vmap(lambda rest: _per_model(single(
+              {'step': states['step'], **rest})))(_per_model(states))})
+  return out
+
+
 def stack_states(state, n_models: int):
-  """One shared step counter; M copies of the parameters and optimiser state."""
+  """One shared step counter; M copies of everything else (params, optimizer and model
+  state)."""
   copies = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (n_models, *a.shape)), t)
-  return {'step': state['step'], 'params': copies(state['params']),
-          'opt_state': copies(state['opt_state'])}
+  return {'step': state['step'], **{k: copies(v) for k, v in _per_model(state).items()}}
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -117,178 +193,142 @@ def make_sweep_scorer(model: models.Model, mesh, eval_batch_size: int,
   return for_params, batch
 
 
-@functools.lru_cache(maxsize=None)
-def _models_metrics(metrics: tuple[tuple[str, int], ...]):
-  per_model = functools.partial(evaluation.batch_metrics, metrics=metrics)
-  return jax.jit(jax.vmap(per_model, in_axes=(0, None, None, None, None)))
-
-
-def evaluate_models(score_fn: Callable, fold_in: sp.csr_matrix, targets: sp.csr_matrix, *,
-                    metrics: Sequence[tuple[str, int]] = evaluation.DEFAULT_METRICS,
-                    batch_size: int = 2000) -> list[evaluation.EvalResult]:
-  """`evaluation.evaluate` for M models whose scores come from one pass: [M, B, I]."""
-  metrics = tuple((str(kind), int(k)) for kind, k in metrics)
-  keep = np.flatnonzero(np.diff(targets.indptr) > 0)
-  fold_in, targets = fold_in[keep], targets[keep]
-  batch_size = max(1, min(batch_size, max(len(keep), 1)))
-  chunks = []
-  for start, stop, fold_b in sparse.batches(fold_in, batch_size):
-    f_idx, f_val = sparse.to_padded(fold_b)
-    t_idx, t_val = sparse.to_padded(sparse.pad_rows(targets[start:stop], batch_size))
-    vals = _models_metrics(metrics)(score_fn(fold_b), f_idx, f_val, t_idx, t_val)
-    if jax.process_count() > 1:  # as evaluation.evaluate: users live on every process
-      vals = multihost_utils.process_allgather(vals, tiled=True)
-    chunks.append({k: np.asarray(v)[:, :stop - start] for k, v in jax.device_get(vals).items()})
-  n_models = next(iter(chunks[0].values())).shape[0] if chunks else 0
-  return [evaluation.EvalResult(
-      per_user={name: np.concatenate([c[name][m] for c in chunks]) for name in chunks[0]},
-      rows=keep) for m in range(n_models)]
-
-
-def per_model_means(history: list[dict[str, jax.Array]]) -> list[dict[str, float]]:
-  """Per-model means over an epoch's steps (beta: its last value); one host transfer."""
-  stacked = jax.device_get(jax.tree.map(lambda *v: jnp.stack(v), *history))
-  n_models = stacked['loss'].shape[1]
-  out = []
-  for m in range(n_models):
-    row = {k: float(np.mean(v[:, m])) for k, v in stacked.items() if k not in ('beta', 'users')}
-    row['beta'] = float(stacked['beta'][-1, m])
-    out.append(row)
-  return out
-
-
-def _save(mngr, epoch: int, tree, record: dict) -> None:
-  """A checkpoint without metrics: only the latest is kept (it holds the best params)."""
-  mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                           record=ocp.args.JsonSave(record)))
-
-
-def _warn_unreachable(config, n_train: int) -> None:
+def _warn_unreachable(config, points, n_train: int) -> None:
   """Caps above the beta the run's last step reaches would train identical models."""
   t = config.train
   last = t.epochs * math.ceil(n_train / t.batch_size) / t.total_anneal_steps
-  if config.sweep.mode == 'cap' and sum(v >= last for v in config.sweep.caps) > 1:
+  caps = [p['anneal_cap'] for p in points if set(p) == {'anneal_cap'}]
+  if sum(v >= last for v in caps) > 1:
     log.warning('beta only reaches %.4g by the last step (total_anneal_steps=%d), so the '
-                    'caps >= that train identical models; lower train.total_anneal_steps '
-                    '(e.g. to the run\'s number of steps, as experiments.select_beta does)',
-                    last, t.total_anneal_steps)
+                'caps >= that train identical models; lower train.total_anneal_steps '
+                '(e.g. to the run\'s number of steps, as experiments.select_beta does)',
+                last, t.total_anneal_steps)
+
+
+class _Sweep:
+  """The loop's trainee for M models: the checkpoint (only the latest is kept) holds every
+  model's state and its best-so-far parameters, since the models peak at other epochs."""
+
+  def __init__(self, config, split, mesh, model, optimizer, init_key, points, models_per_pass):
+    self.config, self.split, self.mesh, self.model = config, split, mesh, model
+    self.optimizer, self.init_key, self.points = optimizer, init_key, points
+    self.primary = next(iter(points[0]))
+    self.labels = [{'model': i, 'sweep_value': p[self.primary],
+                    **({'sweep_point': p} if len(p) > 1 else {})} for i, p in enumerate(points)]
+    self.passes = sum(p.passes for p in model.phases)
+    self.phase_steps = make_sweep_steps(model, optimizer, mesh, config.train.seed,
+                                        models_per_pass=models_per_pass)
+    self.after_fns = make_sweep_after_fns(model)
+    self.hparams = hparams(config, split.n_items, points)
+    self.for_params, self.eval_batch = make_sweep_scorer(model, mesh,
+                                                         config.train.eval_batch_size,
+                                                         models_per_pass)
+
+  def init(self):
+    n = len(self.points)
+    states = jax.jit(lambda k: stack_states(steps.init_state(self.model, self.optimizer, k), n),
+                     out_shardings=distributed.replicated(self.mesh))(self.init_key)
+    return {'states': states, 'best_params': jax.jit(lambda p: jax.tree.map(jnp.copy, p))(
+        states['params'])}
+
+  def train_epoch(self, carry, epoch):
+    states, histories = loop.run_phases(self.model, self.phase_steps, self.after_fns,
+                                        carry['states'], self.hparams, self.split,
+                                        self.config, self.mesh, epoch)
+    return ({**carry, 'states': states},
+            loop.epoch_metrics(self.model, histories, len(self.points)))
+
+  def _evaluate(self, params_M, which):
+    return evaluation.evaluate_models(self.for_params(params_M), *self.split.heldout(which),
+                                      len(self.points), batch_size=self.eval_batch)
+
+  def validate(self, carry):
+    return self._evaluate(carry['states']['params'], 'val')
+
+  def keep_best(self, carry, improved):
+    return {**carry, 'best_params': _keep_best(carry['best_params'], carry['states']['params'],
+                                               jnp.asarray(improved))}
+
+  def save(self, mngr, epoch, carry, record, val):
+    del val  # no metrics: only the latest is kept, and it holds the best params
+    mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(carry),
+                                             record=ocp.args.JsonSave(record)))
+
+  def best_of_record(self, record):
+    return list(record['best'])
+
+  def test(self, mngr, carry, best):
+    return self._evaluate(carry['best_params'], 'test')
+
+  def epoch_line(self, rows, best, eta):
+    r = rows[0]
+    return (f'epoch {r["epoch"]}/{self.config.train.epochs} step {r["step"]} | '
+            f'{r["seconds"]:.1f}s | val ndcg@100 ' + ' '.join(
+                f'{row["sweep_value"]:g}:{row.get(BEST, math.nan):.4f}' for row in rows))
+
+  def results(self, best, tests, seconds):
+    c = self.config
+    return {
+        'model': c.model.name, 'dataset': c.data.name,
+        'mode': c.sweep.mode if not c.sweep.grid else 'grid', 'knob': self.primary,
+        'values': [p[self.primary] for p in self.points], 'points': self.points,
+        'models': [{'index': i, 'value': p[self.primary], 'point': p,
+                    'best_epoch': b['epoch'], 'best_step': b['step'], BEST: b[BEST],
+                    **({'test': t.summary(), 'n_test_users': t.n_users} if t else {})}
+                   for i, (p, b, t) in enumerate(zip(self.points, best, tests))],
+        'test_eval_seconds': seconds,
+        'devices': self.mesh.devices.size, 'platform': jax.devices()[0].platform,
+    }
 
 
 def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
-                models_per_pass: int | None = None, stop_after_epoch: int | None = None
-                ) -> dict:
+                models_per_pass: int | None = None, stop_after_epoch: int | None = None,
+                points: list[dict] | None = None, score_test: bool = True) -> dict:
   """Trains (or resumes) the sweep in `workdir`; returns and writes `sweep.json`.
 
-  metrics.jsonl holds one row per (epoch, model) with 'model' and 'sweep_value';
-  the latest checkpoint holds every model's state and best-so-far parameters.
+  `points` ([{knob: value}], one per model) replaces the config's grid (a tuner's
+  round); `score_test=False` leaves the test users unscored.
+
+  metrics.jsonl holds one row per (epoch, model) with 'model' and 'sweep_value' (and
+  'sweep_point' for a grid of several knobs); the latest checkpoint holds every model's
+  state and best-so-far parameters.
   """
-  values = [float(v) for v in config.sweep.caps]
-  n_models = len(values)
-  if n_models == 0:
-    raise ValueError('config.sweep.caps is empty: nothing to sweep')
-  wd, split, mesh, model, optimizer, init_key = train.setup(config, workdir, split)
+  points = grid_points(config) if points is None else [dict(p) for p in points]
+  if not points or any(set(p) != set(points[0]) for p in points):
+    raise ConfigError('the sweep is empty (config.sweep.caps or config.sweep.grid), or its '
+                      'points set different knobs: nothing to sweep')
+  # The knobs are checked before the workdir is touched: a sweep that cannot run writes
+  # nothing.
+  validate(config)
+  train.import_model_module(config)
+  info = None
+  if split is None:
+    split, info = load_split(config.data)
+  model = models.build(config, split.n_items)
+  check_traceable(config, model, points)
+  if set(points[0]) <= {'anneal_cap', 'constant_beta'} and not model.uses_beta and len(
+      points) > 1:
+    log.warning('%s ignores beta: every model of this sweep trains identically', model.name)
+  wd, split, mesh, model, optimizer, init_key = train.setup(config, workdir, split, info)
   try:
-    return _run_sweep(config, wd, split, mesh, model, optimizer, init_key, values,
-                      models_per_pass, stop_after_epoch)
+    _warn_unreachable(config, points, split.train.shape[0])
+    trainee = _Sweep(config, split, mesh, model, optimizer, init_key, points, models_per_pass)
+    return loop.run(config, wd, split, lambda carry: carry['states']['step'], trainee,
+                    stop_after_epoch=stop_after_epoch, results_file='sweep.json',
+                    score_test=score_test)
   finally:
     wd.close()
 
 
-def _run_sweep(config, wd, split, mesh, model, optimizer, init_key, values, models_per_pass,
-               stop_after_epoch):
-  steps.require_single_phase(model, 'the vmapped sweep')
-  n_models = len(values)
-  if config.sweep.mode != 'anneal_steps' and not model.uses_beta and len(set(values)) > 1:
-    log.warning('%s ignores beta: every model of this sweep trains identically', model.name)
-  _warn_unreachable(config, split.train.shape[0])
-  states = jax.jit(lambda k: stack_states(steps.init_state(model, optimizer, k), n_models),
-                   out_shardings=distributed.replicated(mesh))(init_key)
-  best_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(states['params'])
-  sweep_step = make_sweep_step(model, optimizer, mesh, config.train.seed,
-                               models_per_pass=models_per_pass)
-  scheds = schedules(config)
-  for_params, eval_batch = make_sweep_scorer(model, mesh, config.train.eval_batch_size,
-                                             models_per_pass)
-
-  mngr = checkpoints.manager(wd.path, config.train.keep_latest)
-  start_epoch = 1
-  best = [{'epoch': 0, 'step': 0, BEST: -math.inf} for _ in values]
-  if mngr.latest_step() is None:
-    wd.truncate_metrics(0)  # a kill before the first checkpoint: its rows are not resumed
-  else:
-    abstract = checkpoints.abstract_of({'states': states, 'best_params': best_params})
-    restored, record = checkpoints.restore(mngr, mngr.latest_step(), abstract)
-    states, best_params = restored['states'], restored['best_params']
-    start_epoch, best = record['epoch'] + 1, record['best']
-    wd.truncate_metrics(record['epoch'])
-    log.info('resumed the sweep from epoch %d in %s', record['epoch'], wd.path)
-
-  epochs, n_train = config.train.epochs, split.train.shape[0]
-  for epoch in range(start_epoch, epochs + 1):
-    t0 = time.perf_counter()
-    states, history = train.run_epoch(sweep_step, states, scheds, split, config, mesh, epoch)
-    trains = per_model_means(history)
-    t_train = time.perf_counter() - t0
-    step = int(jax.device_get(states['step']))
-    bad = [values[i] for i, t in enumerate(trains)
-           if not all(math.isfinite(v) for v in t.values())]
-    if bad:
-      raise train.TrainingDiverged(
-          f'non-finite training loss at epoch {epoch} for sweep values {bad}; checkpoints '
-          f'up to epoch {epoch - 1} in {wd.path / "checkpoints"} are intact.')
-    rows = [{'epoch': epoch, 'step': step, 'model': i, 'sweep_value': v,
-             **{f'train_{k}': x for k, x in t.items() if k != 'beta'}, 'beta': t['beta'],
-             'users_per_s': n_train * n_models / t_train, 'train_seconds': t_train}
-            for i, (v, t) in enumerate(zip(values, trains))]
-    if epoch % config.train.eval_every == 0 or epoch == epochs:
-      t1 = time.perf_counter()
-      vals = evaluate_models(for_params(states['params']), *split.heldout('val'),
-                             batch_size=eval_batch)
-      t_eval = time.perf_counter() - t1
-      improved = []
-      for i, (row, res) in enumerate(zip(rows, vals)):
-        row.update({f'val_{k}': x for k, x in res.summary().items()}, eval_seconds=t_eval)
-        improved.append(row[BEST] > best[i][BEST])
-        if improved[-1]:
-          best[i] = {'epoch': epoch, 'step': step, BEST: row[BEST]}
-      best_params = _keep_best(best_params, states['params'], jnp.asarray(improved))
-    _save(mngr, epoch, {'states': states, 'best_params': best_params},
-          {'epoch': epoch, 'step': step, 'best': best})
-    for row in rows:
-      row['seconds'] = time.perf_counter() - t0
-      wd.log_epoch(row)
-    log.info('epoch %d/%d step %d | %.1fs | val ndcg@100 %s', epoch, epochs, step,
-                 rows[0]['seconds'], ' '.join(f'{v:g}:{r.get(BEST, math.nan):.4f}'
-                                              for v, r in zip(values, rows)))
-    if stop_after_epoch is not None and epoch >= stop_after_epoch:
-      mngr.wait_until_finished()
-      return {}
-  mngr.wait_until_finished()
-  if any(b['epoch'] == 0 for b in best):
-    raise RuntimeError('no validation pass ran: nothing to select the best epochs from')
-  t1 = time.perf_counter()
-  tests = evaluate_models(for_params(best_params), *split.heldout('test'),
-                          batch_size=eval_batch)
-  results = {
-      'model': config.model.name, 'dataset': config.data.name, 'mode': config.sweep.mode,
-      'values': values,
-      'models': [{'index': i, 'value': v, 'best_epoch': b['epoch'], 'best_step': b['step'],
-                  BEST: b[BEST], 'test': t.summary(), 'n_test_users': t.n_users}
-                 for i, (v, b, t) in enumerate(zip(values, best, tests))],
-      'test_eval_seconds': time.perf_counter() - t1,
-      'devices': mesh.devices.size, 'platform': jax.devices()[0].platform,
-  }
-  wd.write_results(results, 'sweep.json')
-  return results
-
-
-def restore_best_params(workdir: str | Path, config, n_items: int, mesh):
-  """The best-by-validation parameters of every model of a finished sweep: [M, ...]."""
+def restore_best_params(workdir: str | Path, config, n_items: int, mesh,
+                        n_models: int | None = None):
+  """The best-by-validation parameters of every model of a finished sweep: [M, ...]
+  (M: the config's grid, unless given)."""
   model = models.build(config, n_items)
   optimizer = steps.make_optimizer(config)
   state = checkpoints.abstract_replicated(
       lambda: stack_states(steps.init_state(model, optimizer, jax.random.key(0)),
-                           len(config.sweep.caps)), mesh)
+                           n_models or len(grid_points(config))), mesh)
   mngr = checkpoints.manager(Path(workdir), config.train.keep_latest)
   abstract = {'states': state, 'best_params': state['params']}
   restored, _ = checkpoints.restore(mngr, mngr.latest_step(), abstract)

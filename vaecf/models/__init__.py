@@ -9,6 +9,11 @@ epoch, the config's Adam over all parameters. A model may instead declare its ow
 `optimizers` and a tuple of `Phase`s (which top-level parameters each updates, with
 which loss options, how many passes, and a hook run after it), and keep state that is
 not trained (`init_model_state`), which the checkpoints hold (RecVAE: experiments/recvae.py).
+
+`hparams` names the model's traced hyperparameters with this config's values (e.g.
+dropout_rate, weight_decay, RecVAE's gamma): the step passes them to `loss` and `penalty`
+as keyword arguments holding traced scalars, so a sweep trains M values in one vmapped
+step (vaecf.sweep) and changing one never recompiles.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 
 from vaecf.common import Params
@@ -61,22 +67,24 @@ class Model:
   loss(params, x, key, beta, **phase.loss_options) -> (per-user loss [B], {name: [B]});
     a model with `init_model_state` also gets `model_state=` (constant in the step)
   score(params, x) -> logits [B, I] (evaluation mode)
-  penalty(params) -> scalar added once per step (e.g. lam * sum ||W||^2)
+  penalty(params, **hparams) -> scalar added once per step (e.g. lam * sum ||W||^2)
   fallback(params) -> scores [I] for a user with no history (None: score an empty row)
   optimizers: {name: optax transformation}; None: the config's Adam, named 'adam'
   phases: the epoch, in order; the default is one pass of one phase over all params
   init_model_state(key) -> a pytree the trainer keeps and checkpoints but never trains
+  hparams: {name: value} passed traced to loss and penalty as keywords (both take all)
   """
   name: str
   init: Callable
   loss: Callable
   score: Callable
-  penalty: Callable = lambda params: jnp.zeros(())
+  penalty: Callable = lambda params, **hparams: jnp.zeros(())
   uses_beta: bool = False
   fallback: Callable | None = None
   optimizers: Mapping[str, Any] | None = None
   phases: tuple[Phase, ...] = (Phase(),)
   init_model_state: Callable | None = None
+  hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if not self.phases:
@@ -95,6 +103,10 @@ class Model:
       if updates.setdefault(p.optimizer, keys) != keys:
         raise ValueError(f'model {self.name!r}: optimizer {p.optimizer!r} is used by '
                          'phases that update different parameters')
+      clash = set(p.loss_options) & set(self.hparams)
+      if clash:
+        raise ValueError(f'model {self.name!r}: phase {p.name!r} fixes loss options '
+                         f'{sorted(clash)} that are also traced hparams')
       if p.after is not None and self.init_model_state is None:
         raise ValueError(f'model {self.name!r}: phase {p.name!r} has an `after` hook on '
                          'model state, but the model declares no init_model_state')
@@ -141,15 +153,30 @@ def _common(config) -> dict:
   return dict(dtype=_dtype(config), input_layer=config.model.input_layer)
 
 
-def weight_penalty(lam: float):
-  """lam * sum ||W||^2; exactly nothing when lam == 0 (XLA cannot drop 0 * x itself)."""
-  if not lam:
-    return lambda params: jnp.zeros(())
-  return lambda params: lam * nn.l2_penalty(params)
-
-
 def hidden_dims(config, default):
   return tuple(default if config.model.hidden_dims is None else config.model.hidden_dims)
+
+
+def l2_if_nonzero(params, weight_decay):
+  """weight_decay * sum ||W||^2, skipped at run time when it is 0 (XLA cannot drop 0 * x,
+  and the sum and its gradient are a pass over every weight)."""
+  return jax.lax.cond(weight_decay != 0, lambda p: weight_decay * nn.l2_penalty(p),
+                      lambda p: jnp.zeros((), jnp.float32), params)
+
+
+def _traced_regularisers(loss_fn, hparams: dict):
+  """(loss, penalty) taking dropout_rate and weight_decay (traced in the step; called
+  directly, the config's values)."""
+  def loss(params, x, key, beta, *, dropout_rate=hparams['dropout_rate'],
+           weight_decay=hparams['weight_decay']):
+    del weight_decay
+    return loss_fn(params, x, key, beta, dropout_rate=dropout_rate)
+
+  def penalty(params, *, dropout_rate=hparams['dropout_rate'],
+              weight_decay=hparams['weight_decay']):
+    del dropout_rate
+    return l2_if_nonzero(params, weight_decay)
+  return loss, penalty
 
 
 @register('multvae')
@@ -157,17 +184,20 @@ def _multvae(config, n_items: int) -> Model:
   m = config.model
   dims = hidden_dims(config, (600,))
   lam = 0.0 if m.weight_decay is None else m.weight_decay
+  hparams = {'dropout_rate': m.dropout_rate, 'weight_decay': lam}
+  loss, penalty = _traced_regularisers(functools.partial(
+      vae.loss, likelihood=m.likelihood, **_common(config)), hparams)
   return Model(
       name='multvae',
       init=lambda key: vae.init(key, n_items, dims, m.latent_dim),
-      loss=functools.partial(vae.loss, dropout_rate=m.dropout_rate,
-                             likelihood=m.likelihood, **_common(config)),
+      loss=loss,
       score=functools.partial(vae.score, **_common(config)),
-      penalty=weight_penalty(lam),
+      penalty=penalty,
       uses_beta=True,
       # With no evidence the posterior is the prior: rank by the decoder at its mean.
       fallback=functools.partial(vae.prior_mean_scores, latent_dim=m.latent_dim,
-                                 dtype=_dtype(config)))
+                                 dtype=_dtype(config)),
+      hparams=hparams)
 
 
 @register('multdae')
@@ -176,12 +206,13 @@ def _multdae(config, n_items: int) -> Model:
   dims = hidden_dims(config, ())
   # The authors' lam = 0.01 / batch_size on sum ||W||^2 (weights only).
   lam = 0.01 / config.train.batch_size if m.weight_decay is None else m.weight_decay
+  hparams = {'dropout_rate': m.dropout_rate, 'weight_decay': lam}
+  loss, penalty = _traced_regularisers(functools.partial(
+      dae.loss, likelihood=m.likelihood, **_common(config)), hparams)
   return Model(
       name='multdae',
       init=lambda key: dae.init(key, n_items, dims, m.latent_dim),
-      loss=functools.partial(dae.loss, dropout_rate=m.dropout_rate,
-                             likelihood=m.likelihood, **_common(config)),
+      loss=loss,
       score=functools.partial(dae.score, **_common(config)),
-      penalty=weight_penalty(lam))
-
-
+      penalty=penalty,
+      hparams=hparams)

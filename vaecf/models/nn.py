@@ -96,7 +96,8 @@ def normalized_input(x: SparseRows, key=None, dropout_rate: float = 0.0):
   sq = jax.ops.segment_sum(x.vals * x.vals, x.rows, num_segments=n, indices_are_sorted=True)
   inv_norm = jax.lax.rsqrt(jnp.maximum(sq, 1e-12))  # tf.nn.l2_normalize's epsilon
   v = x.vals * jnp.take(inv_norm, x.rows, mode='fill', fill_value=0.0)
-  if key is not None and dropout_rate > 0.0:
+  # A traced rate (a swept hyperparameter) always draws the mask; rate 0 keeps every input.
+  if key is not None and (isinstance(dropout_rate, jax.Array) or dropout_rate > 0.0):
     pos = jnp.take(x.user_pos, x.rows, mode='fill', fill_value=0)
     keep = keyed_uniform(key, pos, x.cols) >= dropout_rate
     v = jnp.where(keep, v / (1.0 - dropout_rate), 0.0)

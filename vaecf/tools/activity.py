@@ -95,10 +95,11 @@ def evaluate_workdir(workdir: Path, name: str, split, mesh, trust_code: bool = F
     summary = json.loads((workdir / 'sweep.json').read_text())
     params_M = sweep.restore_best_params(workdir, config, split.n_items, mesh)
     for_params, batch = sweep.make_sweep_scorer(model, mesh, config.train.eval_batch_size)
-    res = sweep.evaluate_models(for_params(params_M), *split.heldout('test'),
-                                batch_size=batch)
+    res = evaluation.evaluate_models(for_params(params_M), *split.heldout('test'),
+                                     len(summary['models']), batch_size=batch)
     expected = [m['test'] for m in summary['models']]
-    labels = [f'{name} [{summary["mode"]}={v:g}]' for v in summary['values']]
+    labels = [f'{name} [{summary.get("knob", summary["mode"])}={v:g}]'
+              for v in summary['values']]
   else:
     rec = from_workdir(workdir, trust_code=trust_code)  # best checkpoint, or a baseline
     res = [evaluation.evaluate(rec.score_fn, *split.heldout('test'), batch_size=rec.batch_size)]

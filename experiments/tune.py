@@ -1,0 +1,397 @@
+"""Hyperparameters chosen on validation users, for every model, by grids that refine.
+
+  python -m experiments.tune --config=configs/ml1m.py --config.data.path=PATH/ml-1m \
+      --workdir=DIR [--models=multvae,multdae,ease,wmf,slim,cdae] [--budget=16]
+
+Per model, each knob of its space in turn (coordinate-wise, the others held at the best
+point so far): a coarse grid first, then, along that knob, one step past the edge when
+the best value lies on it (a grid edge is never the answer unless it is the knob's hard
+bound), else the midpoints between the best value and its neighbours, until they are
+closer than the knob's resolution. The search ends when a whole cycle over the knobs
+proposes nothing new, or after `--budget` points.
+- Trained models (multvae, multdae, any registered model): each round is one vmapped
+  sweep over the round's points (vaecf.sweep), its test users unscored, the epoch of each
+  point chosen by validation NDCG@100 (train.patience stops a round early).
+- Baselines: each point is a fit on the training users, scored on validation users.
+Then the chosen point alone is scored on the test users, once.
+
+DIR/tune.json holds every point tried (knob values, validation NDCG@100, best epoch,
+seconds), each model's choice and test metrics, and wall times; DIR/tune.md the table;
+DIR/tune_<model>.png validation NDCG@100 over each knob. Every round is written when it
+ends and each sweep resumes itself, so a killed tune rerun with the same command
+continues and ends with the same choice. The chosen baselines are saved in vaecf's
+baseline format (DIR/<model>/best) and the chosen trained models stay in their round's
+sweep, so both can be served.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from vaecf import baselines, console, distributed, evaluate, models, sweep, train
+from vaecf.common import atomic_write
+from vaecf.config import validate
+from vaecf.data import load_split
+from vaecf.workdir import read_metrics
+
+log = logging.getLogger(__name__)
+METRIC = 'val_ndcg@100'
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+  """One hyperparameter's search: where it starts, its scale, hard bounds and resolution
+  (a ratio for log knobs, a difference for linear ones)."""
+  name: str
+  start: tuple[float, ...]
+  scale: str = 'log'
+  lo: float = -math.inf
+  hi: float = math.inf
+  resolution: float = 1.5
+  integer: bool = False
+
+  def _cast(self, v: float) -> float:
+    v = min(max(v, self.lo), self.hi)
+    return float(round(v)) if self.integer else float(v)
+
+  def beyond(self, edge: float, inner: float) -> float:
+    """One step past `edge`, as far as `inner` is on the other side."""
+    if self.scale == 'log':
+      return self._cast(edge * (edge / inner))
+    return self._cast(edge + (edge - inner))
+
+  def between(self, a: float, b: float) -> float:
+    return self._cast(math.sqrt(a * b) if self.scale == 'log' else (a + b) / 2)
+
+  def close(self, a: float, b: float) -> bool:
+    if self.scale == 'log':
+      return max(a, b) / min(a, b) <= self.resolution
+    return abs(a - b) <= self.resolution
+
+
+def propose(knob: Knob, tried: dict[float, float], seen: set[float] = frozenset()
+            ) -> list[float]:
+  """The next values of `knob` given {value: validation score} along it (the other knobs
+  at the best point): past the edge if the best is on one, else the midpoints to its
+  neighbours while they are farther than the resolution. With fewer than two values on
+  this line: the start grid, or (when other knobs have moved since) the nearest values
+  `seen` before on each side. [] when the knob has converged."""
+  xs = sorted(tried)
+  if len(xs) < 2:
+    if len(seen | set(xs)) < 2:  # never searched yet
+      return sorted(set(knob.start) - set(xs))
+    here = xs[0]
+    below, above = [v for v in seen if v < here], [v for v in seen if v > here]
+    return sorted({v for v in (max(below, default=None), min(above, default=None))
+                   if v is not None})
+  i = max(range(len(xs)), key=lambda j: (tried[xs[j]], -j))  # ties: the smaller value
+  if i == 0 and xs[0] > knob.lo:
+    out = [knob.beyond(xs[0], xs[1])]
+  elif i == len(xs) - 1 and xs[-1] < knob.hi:
+    out = [knob.beyond(xs[-1], xs[-2])]
+  else:
+    out = [knob.between(xs[i], xs[j]) for j in (i - 1, i + 1)
+           if 0 <= j < len(xs) and not knob.close(xs[i], xs[j])]
+  return sorted({v for v in out if v not in tried})
+
+
+def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float],
+           rounds: list[dict] | None = None, on_round=None) -> tuple[dict, list[dict]]:
+  """Coordinate-wise refinement from `base`; evaluate_round(points) -> [{METRIC: ...}].
+
+  `rounds` replays rounds already done (a resumed tune): a recorded round with the same
+  points is taken as it is instead of being evaluated again. on_round(rounds) runs after
+  each round. Returns (best point, every round).
+  """
+  key = lambda p: json.dumps(p, sort_keys=True)
+  scores: dict[str, float] = {}
+  best, replay, n_round, idle, out = dict(base), iter(rounds or []), 0, 0, []
+  while knobs and idle < len(knobs) and len(scores) < budget:
+    knob = knobs[n_round % len(knobs)]
+    n_round += 1
+    along, seen = {}, set()
+    for k, s in scores.items():
+      p = json.loads(k)
+      seen.add(p[knob.name])
+      if all(p[n] == v for n, v in best.items() if n != knob.name):
+        along[p[knob.name]] = s
+    points = [{**best, knob.name: v} for v in propose(knob, along, seen)]
+    points = [p for p in points if key(p) not in scores][:budget - len(scores)]
+    if not points:
+      idle += 1
+      continue
+    idle = 0
+    recorded = next(replay, None)
+    if recorded is not None and recorded['points'] == points:
+      round_ = recorded
+    else:
+      replay = iter(())  # the history diverges here: evaluate anew from now on
+      t0 = time.perf_counter()
+      details = evaluate_round(points)
+      round_ = {'knob': knob.name, 'points': points, 'scores': [d[METRIC] for d in details],
+                'details': details, 'seconds': time.perf_counter() - t0}
+    out.append(round_)
+    for p, sc in zip(points, round_['scores']):
+      scores[key(p)] = sc
+    best = json.loads(max(scores, key=lambda k: (scores[k], k)))
+    if on_round is not None and round_ is not recorded:
+      on_round(out)
+  return best, out
+
+
+# -- spaces --------------------------------------------------------------------------------
+
+def trained_space(config, model: models.Model) -> list[Knob]:
+  """The traced knobs a sweep can vary, with starting grids around the paper's values."""
+  lr = Knob('learning_rate', (3e-4, 1e-3, 3e-3), lo=1e-5, hi=3e-2)
+  if config.model.name == 'multvae':
+    return [Knob('anneal_cap', (0.1, 0.2, 0.4), 'linear', 0.0, 2.0, 0.05),
+            Knob('dropout_rate', (0.3, 0.5, 0.7), 'linear', 0.0, 0.9, 0.05), lr]
+  if config.model.name == 'multdae':
+    return [Knob('dropout_rate', (0.3, 0.5, 0.7), 'linear', 0.0, 0.9, 0.05),
+            Knob('weight_decay', (5e-6, 2e-5, 8e-5), lo=1e-9, hi=1.0), lr]
+  out = [Knob(k, (v / 3, v, v * 3), lo=0.0 if v > 0 else -math.inf) if v > 0 else
+         Knob(k, (v - 0.1, v, v + 0.1), 'linear', resolution=0.02)
+         for k, v in model.hparams.items() if k != 'dropout_rate']
+  return out + ([lr] if model.optimizers is None else [])
+
+
+BASELINE_SPACES = {
+    'popularity': [],
+    'ease': [Knob('lam', (50.0, 200.0, 800.0), lo=1e-3)],
+    'wmf': [Knob('lam', (10.0, 100.0), lo=1e-3), Knob('alpha', (4.0, 29.0), lo=0.0)],
+    'slim': [Knob('l1', (1.0, 10.0), lo=1e-4), Knob('l2', (100.0, 500.0), lo=1e-2)],
+    'cdae': [Knob('corruption', (0.2, 0.5), 'linear', 0.0, 0.9, 0.1)],
+}
+BASELINE_FIXED = {'wmf': {'factors': 200, 'iters': 15, 'cg_steps': 3}}
+
+
+def base_point(knobs: list[Knob]) -> dict[str, float]:
+  """Where the search starts: each knob's middle start value."""
+  return {k.name: k.start[len(k.start) // 2] for k in knobs}
+
+
+# -- one model ------------------------------------------------------------------------------
+
+def tuned_config(config, model_name: str, split):
+  """The config a trained model is tuned under: beta annealed to its cap over the run
+  (the paper's slope never reaches a cap on small data), patience to end rounds early."""
+  c = config.copy_and_resolve_references()
+  c.model.name = model_name
+  steps_per_epoch = -(-split.train.shape[0] // c.train.batch_size)
+  c.train.total_anneal_steps = max(1, c.train.epochs * steps_per_epoch)
+  return c
+
+
+def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, on_round):
+  c = tuned_config(config, name, split)
+  train.import_model_module(c)
+  model = models.build(c, split.n_items)
+  knobs = trained_space(c, model)
+
+  def evaluate_round(points):
+    # Named by its points: a killed round's sweep is found again and resumes itself.
+    digest = hashlib.sha1(json.dumps(points, sort_keys=True).encode()).hexdigest()[:10]
+    sub = workdir / name / f'round-{digest}'
+    res = sweep.train_sweep(c, sub, split=split, points=points, score_test=False)
+    seconds = sum(r['seconds'] for r in read_metrics(sub) if r['model'] == 0)
+    return [{METRIC: m[METRIC], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
+             'index': m['index'], 'sweep_seconds': seconds} for m in res['models']]
+  best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
+  detail = _detail_of(best, done)
+  # Test once: the chosen model's best-by-validation parameters, from its round's sweep.
+  mesh = distributed.make_mesh()
+  sub = Path(detail['workdir'])
+  params_M = sweep.restore_best_params(sub, c, split.n_items, mesh,
+                                       n_models=len(_round_of(best, done)['points']))
+  params = jax.tree.map(lambda a: a[detail['index']:detail['index'] + 1], params_M)
+  for_params, batch = sweep.make_sweep_scorer(model, mesh, c.train.eval_batch_size)
+  t0 = time.perf_counter()
+  test = evaluate.evaluate_models(for_params(params), *split.heldout('test'), 1,
+                                  batch_size=batch)[0]
+  return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
+                      'best_epoch': detail['best_epoch'], 'workdir': str(sub),
+                      'index': detail['index'], 'test_seconds': time.perf_counter() - t0,
+                      'fixed': {'total_anneal_steps': c.train.total_anneal_steps,
+                                'epochs': c.train.epochs, 'patience': c.train.patience}}
+
+
+def _round_of(point, rounds):
+  for r in rounds:
+    if point in r['points']:
+      return r
+  raise KeyError(point)
+
+
+def _detail_of(point, rounds):
+  r = _round_of(point, rounds)
+  return r['details'][r['points'].index(point)]
+
+
+def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round):
+  knobs = BASELINE_SPACES[name]
+  fixed = BASELINE_FIXED.get(name, {})
+  val_set = split.heldout('val')
+
+  def evaluate_round(points):
+    out = []
+    for p in points:
+      t0 = time.perf_counter()
+      fitted = baselines.fit(name, split.train, {**fixed, **p}, validation=val_set)
+      t1 = time.perf_counter()
+      val = evaluate.evaluate(fitted.score_fn, *val_set).summary()
+      log.info('%s %s: val ndcg@100 %.4f (fit %.1fs)', name, p, val['ndcg@100'], t1 - t0)
+      out.append({METRIC: val['ndcg@100'], 'fit_seconds': t1 - t0,
+                  'eval_seconds': time.perf_counter() - t1})
+    return out
+  best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
+  t0 = time.perf_counter()
+  fitted = baselines.fit(name, split.train, {**fixed, **best}, validation=val_set)
+  baselines.save(workdir / name / 'best', name, fitted.hparams, fitted.arrays, split.item_ids,
+                 {**fitted.info, 'tuned_point': best})
+  test = evaluate.evaluate(fitted.score_fn, *split.heldout('test'))
+  return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
+                      'hparams': fitted.hparams, 'refit_and_test_seconds':
+                      time.perf_counter() - t0}
+
+
+# -- the command ------------------------------------------------------------------------------
+
+def run(config, workdir: str | Path, model_names: list[str], budget: int, *, split=None,
+        stop_after_rounds: int | None = None) -> dict:
+  """Tunes each model in turn (resuming what DIR/tune.json holds); returns tune.json.
+
+  `stop_after_rounds` ends after that many new rounds, as a kill would (tests).
+  """
+  validate(config)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / 'tune.json'
+  state = json.loads(path.read_text()) if path.exists() else {'models': {}}
+  if split is None:
+    split, _ = load_split(config.data)
+  state.update(dataset=config.data.name, budget=budget,
+               n_val_users=int(split.heldout('val')[1].getnnz(axis=1).astype(bool).sum()))
+  new_rounds = {'n': 0}
+
+  class Stop(Exception):
+    pass
+
+  for name in model_names:
+    entry = state['models'].setdefault(name, {'rounds': []})
+    if 'test' in entry:
+      continue
+    t0 = time.perf_counter() - entry.get('seconds', 0.0)
+
+    def on_round(rounds, entry=entry, t0=t0):
+      entry['rounds'] = rounds
+      entry['seconds'] = time.perf_counter() - t0
+      atomic_write(path, json.dumps(state, indent=2, default=float))
+      new_rounds['n'] += 1
+      if stop_after_rounds is not None and new_rounds['n'] >= stop_after_rounds:
+        raise Stop
+
+    try:
+      if name in baselines.NAMES:
+        best, rounds, final = tune_baseline(name, workdir, split, budget, entry['rounds'],
+                                            on_round)
+      else:
+        best, rounds, final = tune_trained(config, name, workdir, split, budget,
+                                           entry['rounds'], on_round)
+    except Stop:
+      return state
+    entry.update(rounds=rounds, chosen=best, **final,
+                 points=sum(len(r['points']) for r in rounds),
+                 seconds=time.perf_counter() - t0)
+    entry[METRIC] = max(s for r in rounds for s in r['scores']) if rounds else None
+    atomic_write(path, json.dumps(state, indent=2, default=float))
+    log.info('%s: chose %s (val ndcg@100 %s), test ndcg@100 %.4f', name, best,
+             entry[METRIC], final['test']['ndcg@100'])
+  atomic_write(workdir / 'tune.md', markdown(state) + '\n')
+  return state
+
+
+def markdown(state: dict) -> str:
+  lines = [f'{state["dataset"]}: every model tuned on validation users '
+           f'(NDCG@100), test scored once with the chosen point.', '',
+           '| model | chosen | points | val NDCG@100 | test Recall@20 | test Recall@50 | '
+           'test NDCG@100 | wall |', '|---|---|---|---|---|---|---|---|']
+  for name, e in state['models'].items():
+    if 'test' not in e:
+      continue
+    t = e['test']
+    chosen = ', '.join(f'{k} {v:g}' for k, v in e['chosen'].items()) or '-'
+    if 'best_epoch' in e:
+      chosen += f', epoch {e["best_epoch"]}'
+    val = f'{e[METRIC]:.4f}' if e[METRIC] is not None else '-'
+    lines.append(f'| {name} | {chosen} | {e["points"]} | {val} | '
+                 f'{t["recall@20"]:.4f} ± {t["recall@20_se"]:.4f} | '
+                 f'{t["recall@50"]:.4f} ± {t["recall@50_se"]:.4f} | '
+                 f'{t["ndcg@100"]:.4f} ± {t["ndcg@100_se"]:.4f} | '
+                 f'{console.fmt_time(e["seconds"])} |')
+  return '\n'.join(lines)
+
+
+def plot(state: dict, workdir: Path) -> list[Path]:
+  """Validation NDCG@100 over each knob of each model (every point tried)."""
+  try:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+  except ImportError:
+    log.warning('matplotlib is not installed: no tune plots (pip install matplotlib)')
+    return []
+  written = []
+  for name, e in state['models'].items():
+    pts = [(p, s) for r in e.get('rounds', []) for p, s in zip(r['points'], r['scores'])]
+    if not pts:
+      continue
+    knobs = list(pts[0][0])
+    fig, axes = plt.subplots(1, len(knobs), figsize=(4 * len(knobs), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], knobs):
+      ax.scatter([p[k] for p, _ in pts], [s for _, s in pts], s=14)
+      if all(p[k] > 0 for p, _ in pts) and max(p[k] for p, _ in pts) > 5 * min(
+          p[k] for p, _ in pts):
+        ax.set_xscale('log')
+      if 'chosen' in e:
+        ax.axvline(e['chosen'][k], color='C3', lw=0.8)
+      ax.set_xlabel(k)
+      ax.set_ylabel('val NDCG@100')
+    fig.suptitle(f'{name} on {state["dataset"]}', fontsize=10)
+    fig.tight_layout()
+    out = workdir / f'tune_{name}.png'
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    written.append(out)
+  return written
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  console.setup()
+  flags_ = flags.FLAGS
+  state = run(flags_.config, flags_.workdir, flags_.models, flags_.budget)
+  print(markdown(state))
+  for p in plot(state, Path(flags_.workdir)):
+    print(p)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'Directory of the tune (resumed when it exists).')
+  flags.DEFINE_list('models', ['multvae', 'multdae', 'ease', 'wmf', 'slim', 'cdae',
+                               'popularity'], 'Models to tune, in order.')
+  flags.DEFINE_integer('budget', 16, 'Most points tried per model.')
+  config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(console.guarded(main))

@@ -1,0 +1,69 @@
+"""The one training loop (vaecf/loop.py): early stopping and the sweep settings' checks."""
+import pytest
+
+from vaecf import loop, train
+from vaecf.config import ConfigError, parse_grid, validate
+from vaecf.workdir import read_metrics
+from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
+
+
+def test_stale_means_every_model_best_is_patience_epochs_old():
+  best = lambda *epochs: [{'epoch': e} for e in epochs]
+  assert not loop._stale(best(3), 10, 0)  # 0: never stop
+  assert loop._stale(best(3), 5, 2) and not loop._stale(best(3), 4, 2)
+  assert not loop._stale(best(3, 5), 6, 2)  # one model of a sweep still improving
+  assert not loop._stale(best(0), 9, 2)  # no validation pass yet
+
+
+def _first_stale_epoch(curve, patience):
+  best = 0
+  for epoch, v in enumerate(curve, 1):
+    if best and epoch - 1 - best >= patience:
+      return epoch - 1, best
+    if not best or v > curve[best - 1]:
+      best = epoch
+  return None, best
+
+
+def test_early_stopping_ends_where_the_full_curve_says_and_picks_the_same_epoch(
+    tmp_path, embedded_split):
+  c = small_config(tmp_path)
+  c.train.epochs = 6
+  c.train.learning_rate = 3e-2  # a curve that turns down within a few epochs
+  full = train.train_and_evaluate(c, tmp_path / 'full', split=embedded_split)
+  curve = [r['val_ndcg@100'] for r in read_metrics(tmp_path / 'full')]
+  stop, best = _first_stale_epoch(curve, 2)
+  c.train.patience = 2
+  got = train.train_and_evaluate(c, tmp_path / 'stopped', split=embedded_split)
+  rows = read_metrics(tmp_path / 'stopped')
+  assert got.get('stopped_early_at') == stop
+  assert len(rows) == (stop or c.train.epochs)
+  assert [r['val_ndcg@100'] for r in rows] == pytest.approx(curve[:len(rows)], rel=1e-6)
+  assert got['best_epoch'] == best
+  if max(curve[:len(rows)]) == max(curve):
+    assert got['test'] == pytest.approx(full['test'], rel=1e-6)
+  # A rerun of the stopped run resumes, trains nothing more and reports the same.
+  again = train.train_and_evaluate(c, tmp_path / 'stopped', split=embedded_split)
+  drop = lambda r: {k: v for k, v in r.items() if k != 'test_eval_seconds'}
+  assert drop(again) == drop(got) and len(read_metrics(tmp_path / 'stopped')) == len(rows)
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('train.patience', -1, 'train.patience'),
+    ('train.patience', 1, 'train.patience'),  # under eval_every=2: never a validation pass
+    ('sweep.grid', 'learning_rate', 'knob=value'),
+    ('sweep.grid', 'learning_rate=1e-3;learning_rate=1e-4', 'given twice'),
+    ('sweep.grid', 'dropout_rate=0.1,high', 'numbers'),
+])
+def test_bad_loop_and_sweep_settings_are_named(tmp_path, key, value, match):
+  c = small_config(tmp_path)
+  c.train.eval_every = 2
+  section, name = key.split('.')
+  c[section][name] = value
+  with pytest.raises(ConfigError, match=match):
+    validate(c)
+
+
+def test_parse_grid_keeps_the_order_of_knobs_and_values():
+  assert parse_grid(' b=3,1 ; a=2 ') == {'b': (3.0, 1.0), 'a': (2.0,)}
+  assert parse_grid('') == {}

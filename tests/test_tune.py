@@ -1,0 +1,68 @@
+"""experiments.tune: grids that refine past their edges, and a killed tune that resumes to
+the same choice."""
+import json
+import math
+
+import pytest
+
+from experiments import tune
+from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
+
+
+def _objective(optimum):
+  """A smooth peak in log10 of each knob: the validation score of a synthetic model."""
+  def evaluate_round(points):
+    return [{tune.METRIC: -sum((math.log10(p[k]) - math.log10(v)) ** 2
+                               for k, v in optimum.items())} for p in points]
+  return evaluate_round
+
+
+def test_the_search_extends_past_the_first_grid_to_an_optimum_outside_it():
+  knobs = [tune.Knob('lam', (1.0, 3.0, 10.0), lo=1e-6, resolution=1.2),
+           tune.Knob('alpha', (0.01, 0.1), lo=1e-6, resolution=1.2)]
+  best, rounds = tune.search(knobs, _objective({'lam': 300.0, 'alpha': 2e-4}), budget=200,
+                             base=tune.base_point(knobs))
+  assert 300 / 1.2 <= best['lam'] <= 300 * 1.2 and 2e-4 / 1.2 <= best['alpha'] <= 2e-4 * 1.2
+  tried = [p for r in rounds for p in r['points']]
+  assert max(p['lam'] for p in tried) > 10.0 and min(p['alpha'] for p in tried) < 0.01
+  assert len({json.dumps(p, sort_keys=True) for p in tried}) == len(tried)  # none twice
+
+
+def test_a_hard_bound_is_an_answer_and_a_linear_knob_refines_to_its_resolution():
+  knob = tune.Knob('dropout', (0.3, 0.5, 0.7), 'linear', 0.0, 0.9, 0.05)
+  score = lambda pts: [{tune.METRIC: -p['dropout']} for p in pts]  # best at the bound 0
+  best, rounds = tune.search([knob], score, budget=50, base=tune.base_point([knob]))
+  assert best == {'dropout': 0.0}
+  assert min(p['dropout'] for r in rounds for p in r['points']) == 0.0  # clipped, not below
+  score = lambda pts: [{tune.METRIC: -abs(p['dropout'] - 0.42)} for p in pts]
+  best, _ = tune.search([knob], score, budget=50, base=tune.base_point([knob]))
+  assert abs(best['dropout'] - 0.42) <= 0.05
+
+
+def test_the_budget_bounds_the_points_tried():
+  knobs = [tune.Knob('lam', (1.0, 3.0, 10.0), lo=1e-6, resolution=1.01)]
+  _, rounds = tune.search(knobs, _objective({'lam': 1e4}), budget=7, base=tune.base_point(knobs))
+  assert sum(len(r['points']) for r in rounds) == 7
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_tune_ends_with_the_same_choice(tmp_path, embedded_split):
+  c = small_config(tmp_path)
+  c.train.epochs = 1
+  names = ['ease', 'multvae']
+  full = tune.run(c, tmp_path / 'full', names, budget=4, split=embedded_split)
+  tune.run(c, tmp_path / 'killed', names, budget=4, split=embedded_split, stop_after_rounds=1)
+  assert 'test' not in json.loads((tmp_path / 'killed' / 'tune.json').read_text())[
+      'models']['ease']
+  tune.run(c, tmp_path / 'killed', names, budget=4, split=embedded_split, stop_after_rounds=3)
+  resumed = tune.run(c, tmp_path / 'killed', names, budget=4, split=embedded_split)
+  for name in names:
+    a, b = full['models'][name], resumed['models'][name]
+    assert a['chosen'] == b['chosen'] and a['points'] == b['points'] <= 4
+    flat = lambda e: [s for r in e['rounds'] for s in r['scores']]
+    assert flat(a) == pytest.approx(flat(b))
+    assert a['test'] == pytest.approx(b['test'])
+  assert set(full['models']['multvae']['chosen']) == {'anneal_cap', 'dropout_rate',
+                                                      'learning_rate'}
+  table = (tmp_path / 'killed' / 'tune.md').read_text()
+  assert '| ease | lam ' in table and '| multvae | anneal_cap ' in table
