@@ -34,8 +34,8 @@ class Precision:
 
 
 DTYPES = {
-    # As vaecf.train runs: JAX's default float32 products (per JAX's docs, TF32 on recent
-    # NVIDIA GPUs; plain float32 on a CPU).
+    # As vaecf.train runs: JAX's default float32 products, which jax.lax.Precision's
+    # docstring says use TF32 on GPUs that have it (A100, H100); plain float32 on a CPU.
     'float32': Precision('float32', None),
     'float32_highest': Precision('float32', 'highest'),  # true float32 products anywhere
     'tf32': Precision('float32', 'tensorfloat32'),
