@@ -44,7 +44,7 @@ def test_benchmark_runs_and_prints_json():
               'decoder_forward_gflops', 'decoder_weight_grad_gflops',
               'decoder_input_grad_gflops', 'first_layer_gather_gflops',
               'first_layer_scatter_gflops', 'adam_s', 'adam_fused_s',
-              'input_pipeline_s_per_batch'):
+              'input_pipeline_s_per_batch', 'loss_first', 'staged_mb'):
     assert np.isfinite(out[key]) and out[key] > 0, key
   # The peak is the best of XLA's and NumPy's GEMMs, each printed and in the JSON.
   for src in ('xla_gemm_gflops', 'numpy_gemm_gflops', 'numpy_clean_env_gemm_gflops'):
@@ -74,3 +74,75 @@ def test_xla_flags_append_respect_user_and_opt_out(monkeypatch):
   assert env['XLA_FLAGS'] == ' '.join(xla_flags.PRESETS['onednn'])
   monkeypatch.setattr('jax._src.xla_bridge.backends_are_initialized', lambda: True)
   assert xla_flags.apply({}) == []
+
+
+def test_multi_step_equals_single_steps():
+  """K steps in one lax.scan dispatch are the K single steps, state and metrics."""
+  import jax
+  from vaecf import distributed, models, steps
+  from vaecf.tools import gpu
+  c = base_config()
+  c.model.hidden_dims, c.model.latent_dim, c.train.batch_size = (16,), 4, 32
+  x = benchmark.synthetic_clicks(200, 60, 10.0)
+  mesh = distributed.make_mesh(jax.devices()[:1])
+  host = gpu.host_batches(x, 32, 1, 4)
+  assert len({b.vals.shape for b in host}) == 1  # one shape: stackable, one compile
+  step, state, sched = gpu.build_step(c, 60, mesh)
+  step = steps.make_train_step(models.build(c, 60), steps.make_optimizer(c), mesh, 0,
+                               donate=False)
+  s1, losses = state, []
+  for b in gpu.stage(host, mesh, 1):
+    s1, m = step(s1, b, sched)
+    losses.append(float(m['loss']))
+  multi = gpu.make_multi_step(step, donate=False)
+  s2 = state
+  for stacked in gpu.stage(host, mesh, 2):
+    s2, m2 = multi(s2, stacked, sched)
+    assert m2['loss'].shape == (2,)
+  np.testing.assert_allclose(np.asarray(m2['loss']), losses[2:], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_gpu_bench_quick_mode_prints_a_json_line_per_variant():
+  """The prepared accelerator run, in its CPU-sized mode: float32, bfloat16 with two steps
+  a dispatch, and a 2-model sweep. No timing is asserted, only that the figures exist and
+  that bf16's loss is float32's within a loose tolerance."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vaecf.tools.gpu_bench', '--quick',
+       '--variants=float32:64,bfloat16:64:k2,float32:64:m2'],
+      cwd=REPO, capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{')]
+  assert [r['variant'] for r in rows] == ['float32:64', 'bfloat16:64:k2', 'float32:64:m2']
+  for r in rows:
+    for key in ('users_per_s', 'step_s', 'compile_s', 'loss_first', 'loss', 'achieved_gflops',
+                'staged_mb'):
+      assert np.isfinite(r[key]) and r[key] > 0, (r['variant'], key)
+    assert r['shape'] == 'tiny' and r['platform'] == 'cpu'
+  f32, bf16, sweep = rows
+  assert bf16['compute_dtype'] == 'bfloat16' and bf16['steps_per_call'] == 2
+  assert bf16['steps_timed'] % 2 == 0
+  assert abs(bf16['loss_first'] - f32['loss_first']) < 0.02 * abs(f32['loss_first'])
+  # The sweep's models start from the single run's state on its batch: the same loss.
+  assert sweep['models'] == 2 and np.isclose(sweep['loss_first'], f32['loss_first'], rtol=1e-5)
+  assert 'users/s' in proc.stdout and 'vs f32' in proc.stdout  # the summary table
+
+
+def test_gpu_bench_reports_out_of_memory_and_the_budget_and_goes_on(monkeypatch):
+  import io
+  from vaecf.tools import gpu_bench
+
+  def fake(v, x, mesh, n_steps, measure_s, model):
+    if v['batch_size'] == 8192:
+      raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB')
+    return {**v, 'users_per_s': 100.0, 'step_s': 0.01, 'compile_s': 1.0, 'loss_first': 1.0}
+  monkeypatch.setattr(gpu_bench, 'run_variant', fake)
+  out = io.StringIO()
+  rows = gpu_bench.main(['float32:500', 'bfloat16:8192', 'bfloat16:500:k4'], 'tiny', 2,
+                        600.0, 1.0, out=out)
+  assert [('error' in r, r.get('oom')) for r in rows] == [(False, None), (True, True),
+                                                          (False, None)]
+  assert 'OUT OF MEMORY' in out.getvalue() and '1.00x' in out.getvalue()
+  rows = gpu_bench.main(['float32:500'], 'tiny', 2, 0.0, 1.0, out=io.StringIO())
+  assert 'time budget' in rows[0]['skipped']

@@ -159,3 +159,30 @@ def test_dense_layer_gradients_match_plain_autodiff():
   want = jax.vmap(jax.grad(g), (0, None))(ps, h)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_products_take_bf16_inputs_and_keep_float32_everywhere_else():
+  """compute_dtype: the forward and both gradient products take bf16 inputs and return
+  float32; logits, loss and gradients are float32; the sparse first layer stays float32."""
+  x = _random_csr(n_users=16, n_items=40, density=0.3, empty_rows=())
+  rows = sparse.shard_rows(x)
+  params = vae.init(jax.random.key(0), 40, (16,), 4)
+  key = jax.random.key(1)
+
+  def loss(p, dtype):
+    return jnp.mean(vae.loss(p, rows, key, 0.2, dtype=dtype)[0])
+  assert vae.score(params, rows, dtype=jnp.bfloat16).dtype == jnp.float32
+  l32, g32 = jax.value_and_grad(loss)(params, None)
+  l16, g16 = jax.value_and_grad(loss)(params, jnp.bfloat16)
+  assert l16.dtype == jnp.float32 and abs(float(l16) - float(l32)) < 1e-2 * abs(float(l32))
+  for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.abs(a).max()) + 1e-6)
+  hlo = jax.jit(jax.grad(loss), static_argnums=1).lower(params, jnp.bfloat16).as_text()
+  dots = [l.rsplit(':', 1)[-1] for l in hlo.splitlines() if 'dot_general' in l]
+  mixed = [d for d in dots if 'bf16' in d]
+  # 3 dense layers after the sparse one, 3 products each; the rest are bias sums (f32)
+  assert len(mixed) == 9, dots
+  assert all(d.count('bf16') == 2 and d.endswith('xf32>') for d in mixed), mixed
+  # the float32 path is untouched: no convert to bf16 anywhere
+  assert 'bf16' not in jax.jit(jax.grad(loss), static_argnums=1).lower(params, None).as_text()

@@ -5,6 +5,7 @@ that optax, orbax and jax.vmap handle without adapters.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -64,10 +65,53 @@ def dense_dims(p: Params) -> tuple[int, int]:
   return p['w'].shape
 
 
+def matmul(x, w, dtype=None):
+  """x @ w; with `dtype` (e.g. bfloat16), a mixed-precision product (_mixed_matmul).
+
+  `dtype=None` is the plain float32 product, exactly as before.
+  """
+  if dtype is None:
+    return x @ w
+  x = x.astype(jnp.float32)
+  # As in add_bias: adding zeros of x's gives w x's device variance inside shard_map,
+  # so the rule's per-device weight gradient has w's type; JAX sums it over devices.
+  w = w.astype(jnp.float32) + jnp.zeros_like(x[:1, :1])
+  return _mixed_matmul(x, w, jnp.dtype(dtype))
+
+
+def _dot(a, b, contract):
+  return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_matmul(x, w, dtype):
+  """float32 x @ w with inputs rounded to `dtype` and float32 accumulation and output.
+
+  Autodiff of such a dot would run both backward products on float32 operands (the
+  cotangent stays float32) and round the weight gradient to `dtype`; this rule casts
+  the cotangent instead, so all three products take `dtype` inputs (tensor cores) and
+  return float32 gradients.
+  """
+  return _mixed_matmul_fwd(x, w, dtype)[0]
+
+
+def _mixed_matmul_fwd(x, w, dtype):
+  xl, wl = x.astype(dtype), w.astype(dtype)
+  return _dot(xl, wl, ((1,), (0,))), (xl, wl)
+
+
+def _mixed_matmul_bwd(dtype, res, g):
+  xl, wl = res
+  gl = g.astype(dtype)
+  return _dot(gl, wl, ((1,), (1,))), _dot(xl, gl, ((0,), (0,)))
+
+
+_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
 def dense(p: Params, x, dtype=None):
-  w = p['w'] if dtype is None else p['w'].astype(dtype)
-  x = x if dtype is None else x.astype(dtype)
-  return add_bias((x @ w).astype(jnp.float32), p['b'])
+  """x @ w + b in float32; `dtype` rounds the product's inputs (see `matmul`)."""
+  return add_bias(matmul(x, p['w'], dtype).astype(jnp.float32), p['b'])
 
 
 def mlp(layers: Sequence[Params], h, *, final_activation: bool = False, dtype=None):
@@ -108,11 +152,14 @@ def sparse_dense(p: Params, x: SparseRows, values, dtype=None):
   """values-weighted sum of rows of W (a gather and a segment sum) plus bias.
 
   Equals dense_input @ W + b without ever building the dense users x items input.
+  It stays float32 whatever `dtype`: it is no matmul (no tensor cores to gain), and
+  in a low precision its gradient would sum a popular item's rows over the batch's
+  users in that precision.
   """
-  w = p['w'] if dtype is None else p['w'].astype(dtype)
-  rows_NxH = jnp.take(w, x.cols, axis=0) * values[:, None].astype(w.dtype)
+  del dtype
+  rows_NxH = jnp.take(p['w'], x.cols, axis=0) * values[:, None]
   h = jax.ops.segment_sum(rows_NxH, x.rows, num_segments=x.n_users, indices_are_sorted=True)
-  return add_bias(h.astype(jnp.float32), p['b'])
+  return add_bias(h, p['b'])
 
 
 def dense_input_layer(p: Params, x: SparseRows, values, dtype=None):

@@ -1,11 +1,14 @@
 """Throughput of the real training step and evaluator on a paper-sized synthetic matrix.
 
   python -m vaecf.tools.benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
-      [--dtype=float32] [--devices=N] [--steps=30] [--compare_dense]
+      [--dtype=float32|bfloat16|tf32|float32_highest] [--steps_per_call=K]
+      [--sweep_models=M] [--devices=N] [--steps=30] [--compare_dense]
 
 The click matrix has the training shape and density of the chosen paper dataset
 (heavy-tailed item popularity, log-normal user lengths >= 5, fixed seed), built
-sparse in seconds. The last line printed is one JSON object with every figure.
+sparse in seconds. The last line printed is one JSON object with every figure. Timed
+batches are staged on the device first (vaecf.tools.gpu, which also runs K steps a dispatch
+and the M-model sweep); vaecf.tools.gpu_bench runs the grid of figures an accelerator needs.
 
 It is longer than 300 lines because every figure (the step, each of its products, the
 machine's best GEMM by XLA and by NumPy, Adam, the input pipeline, the evaluator) is
@@ -33,6 +36,7 @@ from vaecf import distributed, evaluate, input_pipeline, models, optim, steps, x
 from vaecf.config import base_config
 from vaecf.data.split import sorted_unique
 from vaecf.models import nn
+from vaecf.tools import gpu
 
 # Training users x items and mean items per user of the paper's datasets (docs/protocol.md).
 SHAPES = {
@@ -41,7 +45,6 @@ SHAPES = {
     'msd': (471_355, 41_140, 58.8),
     'tiny': (2_000, 1_000, 20.0),
 }
-
 
 
 def synthetic_clicks(n_users: int, n_items: int, mean_len: float, seed: int = 0,
@@ -166,9 +169,10 @@ def numpy_gemm_clean_env(b: int, k: int, n: int, repeats: int = 10) -> dict:
 
 
 def gemm_peaks(b: int, k: int, n: int, dtype, repeats: int = 10) -> dict:
-  """The machine's best float32 GEMM of the decoder's shape, from XLA and from NumPy."""
+  """The machine's best GEMM of the decoder's shape, from XLA and (float32 on a CPU,
+  where the model's products might run through it) from NumPy."""
   out = {'xla': xla_gemm_gflops(b, k, n, dtype, repeats)}
-  if jnp.dtype(dtype) == jnp.float32:
+  if jnp.dtype(dtype) == jnp.float32 and jax.devices()[0].platform == 'cpu':
     out['numpy'] = numpy_gemm_gflops(b, k, n, repeats)
     out['numpy_blas'] = blas_info()
     clean = numpy_gemm_clean_env(b, k, n, repeats)
@@ -227,34 +231,13 @@ def step_parts(batch, params, opt, repeats: int = 5) -> dict[str, float]:
   return out
 
 
-def time_train_step(config, x: sp.csr_matrix, mesh, n_steps: int) -> dict[str, float]:
-  model = models.build(config, x.shape[1])
-  opt = steps.make_optimizer(config)
-  state = jax.jit(lambda k: steps.init_state(model, opt, k),
-                  out_shardings=distributed.replicated(mesh))(jax.random.key(0))
-  step = steps.make_train_step(model, opt, mesh, seed=0)
-  sched = steps.schedule_from_config(config)
-  b = config.train.batch_size
-  per = -(-b // mesh.devices.size)
-  batches = [input_pipeline.global_batch(x[i * b:(i + 1) * b], mesh, per)
-             for i in range(n_steps + 1)]
-  t = time.perf_counter()
-  state, m = step(state, batches[0], sched)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t
-  # Shapes vary with the batch's nonzeros: run every batch once untimed, so the
-  # timed loop measures steps, not compilations.
-  for batch in batches[1:]:
-    state, m = step(state, batch, sched)
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for batch in batches[1:]:
-    state, m = step(state, batch, sched)
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t) / n_steps
-  parts = step_parts(batches[1], state['params'], opt)
-  return {'compile_s': compile_s, 'step_s': dt, 'users_per_s': b / dt,
-          'loss': float(m['loss']), 'parts': parts}
+def time_train_step(config, x: sp.csr_matrix, mesh, n_steps: int,
+                    steps_per_call: int = 1) -> dict:
+  """gpu.time_train of the single model, with the step's products and Adam timed apart."""
+  tr = gpu.time_train(config, x, mesh, n_steps, steps_per_call=steps_per_call)
+  batch = input_pipeline.put_batch(tr.pop('_host')[1], mesh)
+  tr['parts'] = step_parts(batch, tr.pop('_state')['params'], steps.make_optimizer(config))
+  return tr
 
 
 def time_input_pipeline(x: sp.csr_matrix, batch_size: int, mesh, n_batches: int) -> float:
@@ -291,7 +274,15 @@ def time_eval(config, x: sp.csr_matrix, mesh) -> float:
 
 def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 'float32',
         devices: int = 0, n_steps: int = 30, eval_users: int = 4000,
-        compare_dense: bool = False, log=print) -> dict:
+        compare_dense: bool = False, steps_per_call: int = 1, sweep_models: int = 0,
+        log=print) -> dict:
+  with gpu.matmul_precision(dtype):  # read when each step is traced
+    return _run(shape, model, batch_size, dtype, devices, n_steps, eval_users,
+                compare_dense, steps_per_call, sweep_models, log)
+
+
+def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_dense,
+         steps_per_call, sweep_models, log) -> dict:
   n_users, n_items, mean_len = SHAPES[shape]
   t = time.perf_counter()
   x = synthetic_clicks(n_users, n_items, mean_len)
@@ -300,22 +291,26 @@ def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 
       f'(generated in {gen_s:.1f}s)')
   config = base_config()
   config.model.name = model
-  config.model.compute_dtype = dtype
+  config.model.compute_dtype = gpu.DTYPES[dtype].compute_dtype
   config.train.batch_size = batch_size
   mesh = distributed.make_mesh(jax.devices()[:devices] if devices else None)
-  sample = x[np.random.default_rng(2).permutation(n_users)[:(n_steps + 1) * batch_size]]
+  k = max(1, steps_per_call)
+  sample = gpu.sample_users(x, gpu.users_needed(n_steps, k, batch_size))
   out = {'shape': shape, 'model': model, 'batch_size': batch_size, 'dtype': dtype,
+         'compute_dtype': config.model.compute_dtype,
+         'matmul_precision': gpu.DTYPES[dtype].matmul or 'default', 'steps_per_call': k,
          'devices': int(mesh.devices.size), 'platform': jax.devices()[0].platform,
          'n_users': n_users, 'n_items': n_items, 'nnz': int(x.nnz)}
-  tr = time_train_step(config, sample, mesh, n_steps)
+  tr = time_train_step(config, sample, mesh, n_steps, k)
   nnz_per_user = sample.nnz / sample.shape[0]
   fl = flops_per_user(config, n_items, nnz_per_user)
-  peaks = gemm_peaks(batch_size, 600, n_items, jnp.dtype(dtype))
+  peaks = gemm_peaks(batch_size, 600, n_items, jnp.dtype(config.model.compute_dtype))
   peak = peaks['best']
   achieved = tr['users_per_s'] * fl['sparse'] / 1e9
   pipeline_s = time_input_pipeline(x, batch_size, mesh, min(n_steps, 20))
   out.update({
-      'train_users_per_s': tr['users_per_s'], 'step_s': tr['step_s'],
+      'train_users_per_s': tr['users_per_s'], 'step_s': tr['step_s'], 'loss': tr['loss'],
+      'loss_first': tr['loss_first'], 'staged_mb': tr['staged_mb'],
       'epoch_s': tr['step_s'] * math.ceil(n_users / batch_size), 'compile_s': tr['compile_s'],
       'mflops_per_user': fl['sparse'] / 1e6, 'dense_equiv_mflops_per_user': fl['dense'] / 1e6,
       'achieved_gflops': achieved, 'peak_matmul_gflops': peak, 'ratio': achieved / peak,
@@ -332,9 +327,15 @@ def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 
   if compare_dense:
     dense_cfg = config.copy_and_resolve_references()
     dense_cfg.model.input_layer = 'dense'
-    dn = time_train_step(dense_cfg, sample, mesh, n_steps)
+    dn = gpu.time_train(dense_cfg, sample, mesh, n_steps, steps_per_call=k)
     out.update({'dense_input_users_per_s': dn['users_per_s'],
                 'sparse_over_dense_speed': tr['users_per_s'] / dn['users_per_s']})
+  if sweep_models:
+    sw = gpu.time_train(config, sample, mesh, n_steps, steps_per_call=k,
+                        sweep_models=sweep_models)
+    out.update({'sweep_models': sweep_models, 'sweep_users_per_s': sw['users_per_s'],
+                'sweep_step_s': sw['step_s'], 'sweep_compile_s': sw['compile_s'],
+                'sweep_over_single_speed': sw['users_per_s'] / tr['users_per_s']})
   out['eval_users_per_s'] = time_eval(config, x[:eval_users], mesh)
   out['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
   log(f"train {out['train_users_per_s']:,.0f} users/s ({out['step_s'] * 1e3:.0f} ms/step, "
@@ -355,6 +356,9 @@ def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 
   log(f"Adam update {p['adam_s'] * 1e3:.1f} ms ({out['adam_fraction_of_step']:.0%} of a step; "
       f"optim.adam_step {p['adam_fused_s'] * 1e3:.1f} ms); "
       f"input pipeline {pipeline_s * 1e3:.1f} ms/batch; XLA_FLAGS={out['xla_flags']!r}")
+  if sweep_models:
+    log(f"{sweep_models}-model sweep {out['sweep_users_per_s']:,.0f} users x models/s "
+        f"({out['sweep_over_single_speed']:.2f}x one model's)")
   if compare_dense:
     log(f"dense-input step {out['dense_input_users_per_s']:,.0f} users/s: sparse is "
         f"{out['sparse_over_dense_speed']:.2f}x faster")
@@ -366,7 +370,10 @@ def _define_flags():
   flags.DEFINE_enum('shape', 'ml20m', list(SHAPES), 'Which paper dataset to imitate.')
   flags.DEFINE_enum('model', 'multvae', ['multvae', 'multdae'], 'Model.')
   flags.DEFINE_integer('batch_size', 500, 'Training users per step.')
-  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Matmul compute dtype.')
+  flags.DEFINE_enum('dtype', 'float32', list(gpu.DTYPES),
+                    'Products: float32 (JAX default), bfloat16 inputs, tf32, float32_highest.')
+  flags.DEFINE_integer('steps_per_call', 1, 'Train steps per dispatch (lax.scan over K).')
+  flags.DEFINE_integer('sweep_models', 0, 'Also time the vmapped beta sweep of M models.')
   flags.DEFINE_integer('devices', 0, 'Devices to use (0: all).')
   flags.DEFINE_integer('steps', 30, 'Timed training steps (after warm-up).')
   flags.DEFINE_integer('eval_users', 4000, 'Held-out users scored for the eval timing.')
@@ -380,7 +387,7 @@ def main(argv):
   console.setup()
   f = flags.FLAGS
   out = run(f.shape, f.model, f.batch_size, f.dtype, f.devices, f.steps, f.eval_users,
-            f.compare_dense)
+            f.compare_dense, f.steps_per_call, f.sweep_models)
   print(json.dumps(out))
 
 
