@@ -5,6 +5,9 @@
 
 Stages, each in its own folder and skipped when finished (rerun the command to resume):
   DIR/multvae-<lik>, DIR/multdae-<lik>   vaecf.train (epoch chosen on validation NDCG@100)
+  DIR/recvae, DIR/hvamp                  the models of experiments/ (RecVAE, H+Vamp Gated)
+                                         with their own config file's settings
+                                         (EXPERIMENTS) on this table's data and split
   DIR/<baseline>                         grid on validation users (grid.jsonl, one line
                                          per point), the best saved in the
                                          vaecf.baselines format, result.json when done
@@ -31,9 +34,13 @@ from vaecf.workdir import read_metrics
 log = logging.getLogger(__name__)
 
 TRAINED = ('multvae', 'multdae')
-MODELS = ('multvae', 'multdae', 'cdae', 'slim', 'wmf', 'ease', 'popularity')
+# Models registered by experiments/, each trained with its own config file's model and
+# train settings; the table's config gives the data and the split.
+EXPERIMENTS = {'recvae': 'configs/recvae_ml1m.py', 'hvamp': 'configs/hvamp_ml1m.py'}
+MODELS = ('multvae', 'multdae', *EXPERIMENTS, 'cdae', 'slim', 'wmf', 'ease', 'popularity')
 LIKELIHOODS = ('multinomial', 'gaussian', 'logistic')
-LABELS = {'multvae': 'Mult-VAE^PR', 'multdae': 'Mult-DAE', 'cdae': 'CDAE', 'slim': 'SLIM',
+LABELS = {'multvae': 'Mult-VAE^PR', 'multdae': 'Mult-DAE', 'recvae': 'RecVAE',
+          'hvamp': 'H+Vamp (Gated)', 'cdae': 'CDAE', 'slim': 'SLIM',
           'wmf': 'WMF', 'ease': 'EASE', 'popularity': 'Popularity'}
 PAPER_ORDER = ('multvae', 'cdae', 'multdae', 'slim', 'wmf')  # ML-20M NDCG@100, best first
 METRICS = ('recall@20', 'recall@50', 'ndcg@100')
@@ -60,6 +67,29 @@ def trained_stage(config, workdir: Path, model: str, likelihood: str, split) -> 
     c.model.name, c.model.likelihood = model, likelihood
     log.info('stage %s: training', sub.name)
     train.train_and_evaluate(c, sub, split=split)
+  return trained_row(sub)
+
+
+def experiment_config(config, name: str, repo: Path | None = None):
+  """The experiment's own config file with this table's data section."""
+  import importlib.util
+  path = (repo or Path(__file__).resolve().parents[1]) / EXPERIMENTS[name]
+  spec = importlib.util.spec_from_file_location(f'_vaecf_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.data = config.data.copy_and_resolve_references()
+  return c
+
+
+def experiment_stage(config, workdir: Path, name: str, split, adjust=None) -> dict:
+  """A model of experiments/ through the project's trainer (resumes itself);
+  `adjust(config) -> config` changes its settings (tests shrink it)."""
+  sub = workdir / name
+  if not (sub / 'results.json').exists():
+    log.info('stage %s: training', name)
+    c = experiment_config(config, name)
+    train.train_and_evaluate(adjust(c) if adjust else c, sub, split=split)
   return trained_row(sub)
 
 
@@ -133,6 +163,9 @@ def collect(workdir: Path) -> dict[str, dict]:
     for lik in LIKELIHOODS:
       if (workdir / f'{m}-{lik}' / 'results.json').exists():
         out[f'{m}-{lik}'] = trained_row(workdir / f'{m}-{lik}')
+  for m in EXPERIMENTS:
+    if (workdir / m / 'results.json').exists():
+      out[m] = trained_row(workdir / m)
   for name in baselines.NAMES:
     if (workdir / name / 'result.json').exists():
       out[name] = json.loads((workdir / name / 'result.json').read_text())
@@ -142,7 +175,7 @@ def collect(workdir: Path) -> dict[str, dict]:
 def main_rows(stages: dict) -> dict[str, dict]:
   """One row per model: Mult-VAE/DAE with the multinomial likelihood, baselines as fitted."""
   rows = {m: stages[f'{m}-multinomial'] for m in TRAINED if f'{m}-multinomial' in stages}
-  rows.update({m: stages[m] for m in baselines.NAMES if m in stages})
+  rows.update({m: stages[m] for m in (*EXPERIMENTS, *baselines.NAMES) if m in stages})
   return rows
 
 
@@ -239,7 +272,8 @@ def write_table(workdir: Path, dataset: str, command: str, data_summary: str) ->
 
 
 def run(config, workdir: str | Path, *, models=MODELS, likelihoods=LIKELIHOODS,
-        grids: dict | None = None, split=None, command: str | None = None) -> dict:
+        grids: dict | None = None, split=None, command: str | None = None,
+        adjust_experiments=None) -> dict:
   """Runs the missing stages, then rewrites table.md / table.json from all finished ones."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +281,7 @@ def run(config, workdir: str | Path, *, models=MODELS, likelihoods=LIKELIHOODS,
   if unknown:
     raise ValueError(f'unknown models/likelihoods {sorted(unknown)}: choose from '
                      f'{MODELS} and {LIKELIHOODS}')
-  for m in set(models) - set(TRAINED):
+  for m in set(models) - set(TRAINED) - set(EXPERIMENTS):
     baselines.module(m)  # imported now: a later edit of its file cannot touch this run
   if split is None:
     split, _ = load_split(config.data)
@@ -256,6 +290,8 @@ def run(config, workdir: str | Path, *, models=MODELS, likelihoods=LIKELIHOODS,
     if m in TRAINED:
       for lik in likelihoods:
         trained_stage(config, workdir, m, lik, split)
+    elif m in EXPERIMENTS:
+      experiment_stage(config, workdir, m, split, adjust_experiments)
     else:
       baseline_stage(m, workdir, split, (grids or {}).get(m))
     log.info('stage %s finished (%.0fs in this invocation)', m, time.perf_counter() - t0)

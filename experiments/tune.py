@@ -22,6 +22,9 @@ ends and each sweep resumes itself, so a killed tune rerun with the same command
 continues and ends with the same choice. The chosen baselines are saved in vaecf's
 baseline format (DIR/<model>/best) and the chosen trained models stay in their round's
 sweep, so both can be served.
+
+It is over 300 lines because the search, the model spaces, the two ways of scoring a
+round (a sweep, baseline fits), the table, the plot and the command are one tool.
 """
 from __future__ import annotations
 
@@ -192,7 +195,8 @@ def tuned_config(config, model_name: str, split):
   return c
 
 
-def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, on_round):
+def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, on_round,
+                 models_per_pass: int | None = None):
   c = tuned_config(config, name, split)
   train.import_model_module(c)
   model = models.build(c, split.n_items)
@@ -202,7 +206,8 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
     # Named by its points: a killed round's sweep is found again and resumes itself.
     digest = hashlib.sha1(json.dumps(points, sort_keys=True).encode()).hexdigest()[:10]
     sub = workdir / name / f'round-{digest}'
-    res = sweep.train_sweep(c, sub, split=split, points=points, score_test=False)
+    res = sweep.train_sweep(c, sub, split=split, points=points, score_test=False,
+                            models_per_pass=models_per_pass)
     seconds = sum(r['seconds'] for r in read_metrics(sub) if r['model'] == 0)
     return [{METRIC: m[METRIC], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
              'index': m['index'], 'sweep_seconds': seconds} for m in res['models']]
@@ -267,10 +272,11 @@ def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round
 # -- the command ------------------------------------------------------------------------------
 
 def run(config, workdir: str | Path, model_names: list[str], budget: int, *, split=None,
-        stop_after_rounds: int | None = None) -> dict:
+        stop_after_rounds: int | None = None, models_per_pass: int | None = None) -> dict:
   """Tunes each model in turn (resuming what DIR/tune.json holds); returns tune.json.
 
-  `stop_after_rounds` ends after that many new rounds, as a kill would (tests).
+  `stop_after_rounds` ends after that many new rounds, as a kill would (tests);
+  `models_per_pass` is the sweep's (1 is fastest on a CPU).
   """
   validate(config)
   workdir = Path(workdir)
@@ -306,7 +312,7 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
                                             on_round)
       else:
         best, rounds, final = tune_trained(config, name, workdir, split, budget,
-                                           entry['rounds'], on_round)
+                                           entry['rounds'], on_round, models_per_pass)
     except Stop:
       return state
     entry.update(rounds=rounds, chosen=best, **final,
@@ -380,7 +386,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.setup()
   flags_ = flags.FLAGS
-  state = run(flags_.config, flags_.workdir, flags_.models, flags_.budget)
+  state = run(flags_.config, flags_.workdir, flags_.models, flags_.budget,
+              models_per_pass=flags_.models_per_pass or None)
   print(markdown(state))
   for p in plot(state, Path(flags_.workdir)):
     print(p)
@@ -391,6 +398,8 @@ if __name__ == '__main__':
   flags.DEFINE_list('models', ['multvae', 'multdae', 'ease', 'wmf', 'slim', 'cdae',
                                'popularity'], 'Models to tune, in order.')
   flags.DEFINE_integer('budget', 16, 'Most points tried per model.')
+  flags.DEFINE_integer('models_per_pass', 0, 'Models of a round vmapped together (0: all; '
+                       '1, a loop over them, is fastest on a CPU).')
   config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                   lock_config=True)
   flags.mark_flags_as_required(['config', 'workdir'])

@@ -116,10 +116,21 @@ def test_orderings_check_each_pair_of_the_paper():
 
 
 @pytest.mark.slow
+def tiny_experiment(c):
+  """An experiment's own config (RecVAE, H+Vamp) at the size of this test's data."""
+  c.model.hidden_dims = (8,) * len(c.model.hidden_dims or (8,))
+  c.model.latent_dim = 4
+  c.train.epochs, c.train.batch_size, c.train.keep_latest = 2, 64, 2
+  for key, small in (('n_pseudo_inputs', 4), ('latent_dim2', 4), ('latent_dims', (4, 4))):
+    if key in c.model:
+      c.model[key] = small
+  return c
+
+
 def test_every_model_and_likelihood_end_to_end(tmp_path, split, monkeypatch):
   wd = tmp_path / 'table'
   table = paper_table.run(tiny_config(tmp_path), wd, grids=TINY_GRIDS, split=split,
-                          command='test')
+                          command='test', adjust_experiments=tiny_experiment)
   assert set(table['models']) == set(paper_table.MODELS)
   for lik in paper_table.LIKELIHOODS:
     assert set(table['likelihoods'][lik]) == {'multvae', 'multdae'}
@@ -127,7 +138,8 @@ def test_every_model_and_likelihood_end_to_end(tmp_path, split, monkeypatch):
   assert table['models']['multvae']['likelihood'] == 'multinomial'
   assert table['models']['cdae']['hparams']['user_node'] in ('fit', 'zero')
   md = (wd / 'table.md').read_text()
-  for label in ('Mult-VAE^PR', 'Mult-DAE', 'CDAE', 'SLIM', 'WMF', 'EASE', 'Popularity',
+  for label in ('Mult-VAE^PR', 'Mult-DAE', 'RecVAE', 'H+Vamp', 'CDAE', 'SLIM', 'WMF', 'EASE',
+                'Popularity',
                 '| logistic |', '| gaussian |'):
     assert label in md
   # Rerun: every stage is finished, nothing trains or fits again.
@@ -136,7 +148,7 @@ def test_every_model_and_likelihood_end_to_end(tmp_path, split, monkeypatch):
   monkeypatch.setattr(train, 'train_and_evaluate', boom)
   monkeypatch.setattr(baselines, 'fit', boom)
   again = paper_table.run(tiny_config(tmp_path), wd, grids=TINY_GRIDS, split=split,
-                          command='test')
+                          command='test', adjust_experiments=tiny_experiment)
   assert again['models'] == json.loads(json.dumps(table['models']))
 
 

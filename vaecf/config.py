@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.patience = 0
 
   c.sweep = ml_collections.ConfigDict()
-  # Parallel beta sweep (experiments/sweep_beta.py): one model per value, trained at once.
+  # Parallel sweeps (experiments/sweep.py): one model per value, trained at once.
   c.sweep.mode = 'cap'  # cap: anneal to each cap | constant: fixed beta | anneal_steps
   c.sweep.caps = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)  # the values swept, whatever the mode
   # Any traced hyperparameters instead, as a grid (their product), e.g.

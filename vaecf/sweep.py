@@ -12,6 +12,10 @@ counter and each batch are shared, and the batch is still split over 'data'. The
 are vaecf.loop's, as for a single run; evaluation scores a batch for all M models in one
 pass (vaecf.evaluate.evaluate_models). Settings that change shapes (hidden_dims,
 latent_dim) cannot share a step: run them as separate sweeps (experiments.tune does).
+
+It is over 300 lines because the sweep's pieces (the knobs and their config keys, the
+vmapped phase steps and hooks, the M-model scorer and the loop's trainee) only make sense
+together, and each is a few lines.
 """
 from __future__ import annotations
 
@@ -212,7 +216,9 @@ class _Sweep:
   def __init__(self, config, split, mesh, model, optimizer, init_key, points, models_per_pass):
     self.config, self.split, self.mesh, self.model = config, split, mesh, model
     self.optimizer, self.init_key, self.points = optimizer, init_key, points
-    self.primary = next(iter(points[0]))
+    # Rows and lines are labelled by the first knob whose value differs between models.
+    self.primary = next((k for k in points[0] if len({p[k] for p in points}) > 1),
+                        next(iter(points[0])))
     self.labels = [{'model': i, 'sweep_value': p[self.primary],
                     **({'sweep_point': p} if len(p) > 1 else {})} for i, p in enumerate(points)]
     self.passes = sum(p.passes for p in model.phases)
