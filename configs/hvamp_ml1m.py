@@ -43,5 +43,6 @@ def get_config():
   c.train.batch_size = 200
   c.train.epochs = 400
   c.train.anneal_cap = MAX_BETA
-  c.train.total_anneal_steps = WARMUP_EPOCHS * STEPS_PER_EPOCH / MAX_BETA
+  # An int field: 8333 puts the cap at step 2499.9, the end of epoch 100.
+  c.train.total_anneal_steps = round(WARMUP_EPOCHS * STEPS_PER_EPOCH / MAX_BETA)
   return c

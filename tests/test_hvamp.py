@@ -39,6 +39,19 @@ def split(tmp_path_factory):
   return load_split(hvamp_config(tmp_path_factory.mktemp('data')).data)[0]
 
 
+def test_the_ml1m_config_is_valid_and_warms_up_over_100_epochs():
+  from configs import hvamp_ml1m
+  from vaecf.config import validate
+  c = hvamp_ml1m.get_config()
+  validate(c)
+  sched = steps.schedule_from_config(c)
+  per_epoch = -(-4834 // c.train.batch_size)  # configs/ml1m.py's training users
+  beta = lambda epoch: float(steps.beta_at(np.int32(epoch * per_epoch), sched))
+  assert beta(50) == pytest.approx(0.15, rel=1e-3)
+  assert beta(99) == pytest.approx(0.297, rel=1e-3) and beta(100) == pytest.approx(0.3, rel=1e-4)
+  assert beta(200) == pytest.approx(0.3, rel=1e-6)
+
+
 def f32(a):
   return jnp.asarray(a, jnp.float32)
 
