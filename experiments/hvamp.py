@@ -217,8 +217,44 @@ def log_normal_diag(z, mean, logvar, axis=-1):
 
 def vamp_log_prior(z_BxD, means_KxD, logvars_KxD):
   """log (1/K) sum_k N(z; mean_k, diag exp(logvar_k)) per user: [B]."""
+  # A zero from z gives the components z's device variance inside shard_map, so the custom
+  # rule's output types match (as vaecf.models.nn.add_bias); JAX then sums their gradient.
+  zero = jnp.zeros_like(z_BxD[0, 0])
+  return _vamp_log_prior(z_BxD, means_KxD + zero, logvars_KxD + zero)
+
+
+@jax.custom_vjp
+def _vamp_log_prior(z_BxD, means_KxD, logvars_KxD):
+  return _vamp_fwd(z_BxD, means_KxD, logvars_KxD)[0]
+
+
+def _vamp_fwd(z_BxD, means_KxD, logvars_KxD):
   a_BxK = log_normal_diag(z_BxD[:, None, :], means_KxD[None], logvars_KxD[None])
-  return jax.nn.logsumexp(a_BxK, axis=1) - math.log(means_KxD.shape[0])
+  out = jax.nn.logsumexp(a_BxK, axis=1) - math.log(means_KxD.shape[0])
+  return out, (z_BxD, means_KxD, logvars_KxD, jax.nn.softmax(a_BxK, axis=1))
+
+
+def _vamp_bwd(res, g_B):
+  """The exact gradients, each one reduction of a [B, K, D] expression fused with the
+  broadcast it reads. Autodiff of the forward (and these three written side by side,
+  which XLA merges on their common z - m) materialises [B, K, D] arrays instead: 2.9 s of
+  a 3.8 s ML-1M step on a CPU (B 200, K 1000, D 200); this is 0.3 s. The optimization
+  barriers keep the three apart. (Matmul expansions would be faster still but lose
+  digits to cancellation when exp(logvar) is small: (z - m)^2 as z^2 - 2zm + m^2.)"""
+  z, m, lv, w_BxK = res
+  w = g_B[:, None] * w_BxK  # d out / d a_bk, times the cotangent
+  iv = jnp.exp(-lv)
+  d_m = iv * jnp.sum(w[:, :, None] * (z[:, None] - m[None]), axis=0)
+  z1, m1, w1 = jax.lax.optimization_barrier((z, m, w))
+  sq = jnp.sum(w1[:, :, None] * jnp.square(z1[:, None] - m1[None]), axis=0)
+  d_lv = 0.5 * (iv * sq - jnp.sum(w, axis=0)[:, None])
+  z2, m2, w2, iv2 = jax.lax.optimization_barrier((z, m, w, iv))
+  d_z = jax.lax.map(lambda zw: -jnp.sum(zw[1][:, None] * (zw[0][None] - m2) * iv2, axis=0),
+                    (z2, w2), batch_size=20)
+  return d_z, d_m, d_lv
+
+
+_vamp_log_prior.defvjp(_vamp_fwd, _vamp_bwd)
 
 
 def keyed_normal(key, user_pos_B, dim: int):
@@ -231,7 +267,14 @@ def dropout_dense(key, u, rate: float):
   """nn.Dropout on a dense array in training mode (inverted: kept entries / (1 - rate))."""
   if key is None or rate <= 0.0:
     return u
-  keep = jax.random.bernoulli(key, 1.0 - rate, u.shape)
+  if rate == 0.5 and u.ndim == 2:
+    # Each bit of a uniform word is a fair coin: 32 entries per random word instead of one
+    # (the [1000, I] mask drawn entry by entry was a tenth of an ML-1M step on a CPU).
+    words = jax.random.bits(key, (u.shape[0], -(-u.shape[1] // 32)), jnp.uint32)
+    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+    keep = bits.reshape(u.shape[0], -1)[:, :u.shape[1]].astype(bool)
+  else:
+    keep = jax.random.bernoulli(key, 1.0 - rate, u.shape)
   return jnp.where(keep, u / (1.0 - rate), 0.0)
 
 

@@ -70,6 +70,24 @@ def test_vamp_prior_and_gaussian_log_densities_match_scipy():
   # One component: the prior is that Gaussian (log 1 = 0).
   np.testing.assert_allclose(hvamp.vamp_log_prior(f32(z), f32(means[:1]), f32(logvars[:1])),
                              comps[:, 0], rtol=1e-5, atol=1e-5)
+  # Its hand-written gradient: against central differences of the SciPy density (float64).
+  g = rng.normal(size=b)
+  got = jax.grad(lambda *a: jnp.sum(f32(g) * hvamp.vamp_log_prior(*a)), argnums=(0, 1, 2))(
+      f32(z), f32(means), f32(logvars))
+
+  def numeric(i):
+    args, h = [z, means, logvars], 1e-6
+    out = np.zeros_like(args[i])
+    for idx in np.ndindex(out.shape):
+      lo, hi = ([a.copy() for a in args] for _ in range(2))
+      lo[i][idx] -= h
+      hi[i][idx] += h
+      f = lambda zz, mm, ll: np.sum(g * (special.logsumexp(stats.norm.logpdf(
+          zz[:, None], mm[None], np.exp(0.5 * ll)[None]).sum(-1), axis=1) - np.log(k)))
+      out[idx] = (f(*hi) - f(*lo)) / (2 * h)
+    return out
+  for i in range(3):
+    np.testing.assert_allclose(got[i], numeric(i), rtol=1e-4, atol=1e-4)
   mu, lv = rng.normal(size=(b, d)), rng.normal(size=(b, d))
   np.testing.assert_allclose(hvamp.log_normal_diag(f32(z), f32(mu), f32(lv)),
                              stats.norm.logpdf(z, mu, np.exp(0.5 * lv)).sum(1),
