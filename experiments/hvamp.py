@@ -54,7 +54,10 @@ Departures, and where vaecf stands in for the authors' loop:
 - No early stopping (the authors stop after 50 epochs without a better validation NDCG
   once warm-up is over): vaecf trains train.epochs and keeps the best evaluated epoch.
 - Random streams are JAX's: the user dropout masks and eps are keyed per user (vaecf's
-  layout-independent draws), the pseudo-input mask per step; the shuffles are vaecf's.
+  layout-independent draws), the pseudo-input mask per step (fair coins from the bits of
+  random words, still Bernoulli(0.5) per entry); the shuffles are vaecf's.
+- log p(z2) has a hand-written gradient (the same maths as autodiff, exact differences,
+  no matmul expansion), because autodiff of it dominated the CPU step (see _vamp_bwd).
 - The pseudo-inputs are stored as the [K, I] matrix itself (the transpose of the authors'
   weight): identity_K @ W^T is W^T exactly, so the identity matmul is skipped.
 - An empty row normalises to zero as in PyTorch's normalize (vaecf's epsilon is on the
