@@ -15,6 +15,9 @@ DIR/table.md and DIR/table.json gather every finished stage: Recall@20, Recall@5
 NDCG@100 (mean ± standard error over test users), the chosen hyperparameters, wall
 times, the likelihood comparison and the paper's ordering checked on this data.
 Test users are only ever scored with the chosen model.
+
+It is over 300 lines because each kind of stage (trained, experiment, baseline), the table
+and its checks of the paper's ordering belong to this one command.
 """
 from __future__ import annotations
 

@@ -116,30 +116,19 @@ def test_orderings_check_each_pair_of_the_paper():
 
 
 @pytest.mark.slow
-def tiny_experiment(c):
-  """An experiment's own config (RecVAE, H+Vamp) at the size of this test's data."""
-  c.model.hidden_dims = (8,) * len(c.model.hidden_dims or (8,))
-  c.model.latent_dim = 4
-  c.train.epochs, c.train.batch_size, c.train.keep_latest = 2, 64, 2
-  for key, small in (('n_pseudo_inputs', 4), ('latent_dim2', 4), ('latent_dims', (4, 4))):
-    if key in c.model:
-      c.model[key] = small
-  return c
-
-
 def test_every_model_and_likelihood_end_to_end(tmp_path, split, monkeypatch):
   wd = tmp_path / 'table'
-  table = paper_table.run(tiny_config(tmp_path), wd, grids=TINY_GRIDS, split=split,
-                          command='test', adjust_experiments=tiny_experiment)
-  assert set(table['models']) == set(paper_table.MODELS)
+  own = [m for m in paper_table.MODELS if m not in paper_table.EXPERIMENTS]
+  table = paper_table.run(tiny_config(tmp_path), wd, models=own, grids=TINY_GRIDS,
+                          split=split, command='test')
+  assert set(table['models']) == set(own)
   for lik in paper_table.LIKELIHOODS:
     assert set(table['likelihoods'][lik]) == {'multvae', 'multdae'}
     assert (wd / f'multvae-{lik}' / 'results.json').exists()
   assert table['models']['multvae']['likelihood'] == 'multinomial'
   assert table['models']['cdae']['hparams']['user_node'] in ('fit', 'zero')
   md = (wd / 'table.md').read_text()
-  for label in ('Mult-VAE^PR', 'Mult-DAE', 'RecVAE', 'H+Vamp', 'CDAE', 'SLIM', 'WMF', 'EASE',
-                'Popularity',
+  for label in ('Mult-VAE^PR', 'Mult-DAE', 'CDAE', 'SLIM', 'WMF', 'EASE', 'Popularity',
                 '| logistic |', '| gaussian |'):
     assert label in md
   # Rerun: every stage is finished, nothing trains or fits again.
@@ -147,9 +136,40 @@ def test_every_model_and_likelihood_end_to_end(tmp_path, split, monkeypatch):
     raise AssertionError('a finished stage ran again')
   monkeypatch.setattr(train, 'train_and_evaluate', boom)
   monkeypatch.setattr(baselines, 'fit', boom)
-  again = paper_table.run(tiny_config(tmp_path), wd, grids=TINY_GRIDS, split=split,
-                          command='test', adjust_experiments=tiny_experiment)
+  again = paper_table.run(tiny_config(tmp_path), wd, models=own, grids=TINY_GRIDS,
+                          split=split, command='test')
   assert again['models'] == json.loads(json.dumps(table['models']))
+
+
+def test_experiment_models_train_with_their_own_config_on_the_tables_data(tmp_path, split,
+                                                                          monkeypatch):
+  """RecVAE and H+Vamp stages: their config file's model and train settings, the table's
+  data section, and rows in the table. (Their training is tested in their own files; here
+  the trainer records what it was given.)"""
+  seen = {}
+  def fake_train(c, sub, split=None):
+    seen[c.model.name] = c
+    sub.mkdir(parents=True)
+    (sub / 'config.json').write_text(json.dumps(c.to_dict(), default=list))
+    (sub / 'metrics.jsonl').write_text(json.dumps({'epoch': 1, 'seconds': 2.0}) + '\n')
+    (sub / 'results.json').write_text(json.dumps({
+        'model': c.model.name, 'best_epoch': 1, 'val_ndcg@100': 0.5, 'n_test_users': 20,
+        'test_eval_seconds': 1.0, 'test': {k: 0.4 for k in (
+            'recall@20', 'recall@20_se', 'recall@50', 'recall@50_se', 'ndcg@100',
+            'ndcg@100_se')}}))
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  c = tiny_config(tmp_path)
+  c.data.n_heldout_users = 37
+  table = paper_table.run(c, tmp_path / 'table', models=list(paper_table.EXPERIMENTS),
+                          split=split, command='test')
+  assert set(seen) == set(table['models']) == {'recvae', 'hvamp'}
+  for name, got in seen.items():
+    assert got.model.module == f'experiments.{name}'
+    assert got.data.to_dict() == c.data.to_dict()  # the table's data and split
+    own = paper_table.experiment_config(base_config(), name)
+    assert got.model.to_dict() == own.model.to_dict() and got.train == own.train
+  md = (tmp_path / 'table' / 'table.md').read_text()
+  assert '| RecVAE |' in md and '| H+Vamp (Gated) |' in md
 
 
 @pytest.mark.slow
