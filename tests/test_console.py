@@ -41,7 +41,7 @@ def test_main_prints_what_readme_shows(tmp_path):
 def test_verbosity_brings_back_the_absl_format(tmp_path):
   proc = _run_default(tmp_path, '--verbosity=0')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert re.search(r'^I\d{4} .*train\.py:\d+\] epoch 1/2', proc.stderr, re.M), proc.stderr[-2000:]
+  assert re.search(r'^I\d{4} .*loop\.py:\d+\] epoch 1/2', proc.stderr, re.M), proc.stderr[-2000:]
 
 
 def test_results_table_lists_each_metric_with_its_error():

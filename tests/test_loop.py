@@ -67,3 +67,16 @@ def test_bad_loop_and_sweep_settings_are_named(tmp_path, key, value, match):
 def test_parse_grid_keeps_the_order_of_knobs_and_values():
   assert parse_grid(' b=3,1 ; a=2 ') == {'b': (3.0, 1.0), 'a': (2.0,)}
   assert parse_grid('') == {}
+
+
+def test_a_run_written_before_a_setting_existed_resumes_when_it_is_at_its_default(tmp_path):
+  import json
+  from vaecf.workdir import Workdir
+  c = small_config(tmp_path)
+  saved = json.loads(c.to_json_best_effort())
+  del saved['train']['patience'], saved['sweep']['grid']  # as an older vaecf wrote it
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  wd = Workdir(tmp_path)
+  assert wd.config_diff(c) == []
+  c.train.patience = 5
+  assert wd.config_diff(c) == ['train.patience: None -> 5']

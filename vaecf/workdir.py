@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from vaecf.common import VaecfError, atomic_write
+from vaecf.config import base_config
 from vaecf.data.types import Split
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,14 @@ class Workdir:
       return []
     old = _flatten(json.loads(file.read_text()))
     new = _flatten(json.loads(config.to_json_best_effort()))
+    # A key added to vaecf after the run was written, at its default, is what that run
+    # did (new settings default to the old behaviour): resuming it changes nothing.
+    defaults = _flatten(json.loads(base_config().to_json_best_effort()))
     diffs = []
     for k in sorted(set(old) | set(new)):
       if any(k == p or k.startswith(p + '.') for p in RESUMABLE_CHANGES + RETIRED_KEYS):
+        continue
+      if k not in old and k in defaults and new.get(k) == defaults[k]:
         continue
       if old.get(k) != new.get(k):
         diffs.append(f'{k}: {old.get(k)!r} -> {new.get(k)!r}')
@@ -196,7 +202,6 @@ def load_config(path: str | Path):
   Keys added to vaecf after the run was made take their default value, and
   JSON lists come back as tuples where the default is a tuple.
   """
-  from vaecf.config import base_config
   saved = json.loads((Path(path) / 'config.json').read_text())
   config = base_config()
 
