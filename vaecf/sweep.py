@@ -217,8 +217,9 @@ class _Sweep:
     self.config, self.split, self.mesh, self.model = config, split, mesh, model
     self.optimizer, self.init_key, self.points = optimizer, init_key, points
     # Rows and lines are labelled by the first knob whose value differs between models.
-    self.primary = next((k for k in points[0] if len({p[k] for p in points}) > 1),
-                        next(iter(points[0])))
+    varying = [k for k in points[0] if len({p[k] for p in points}) > 1]
+    self.primary = (varying or list(points[0]))[0]
+    self.tags = ['/'.join(f'{p[k]:g}' for k in varying or [self.primary]) for p in points]
     self.labels = [{'model': i, 'sweep_value': p[self.primary],
                     **({'sweep_point': p} if len(p) > 1 else {})} for i, p in enumerate(points)]
     self.passes = sum(p.passes for p in model.phases)
@@ -270,7 +271,7 @@ class _Sweep:
     r = rows[0]
     return (f'epoch {r["epoch"]}/{self.config.train.epochs} step {r["step"]} | '
             f'{r["seconds"]:.1f}s | val ndcg@100 ' + ' '.join(
-                f'{row["sweep_value"]:g}:{row.get(BEST, math.nan):.4f}' for row in rows))
+                f'{tag}:{row.get(BEST, math.nan):.4f}' for tag, row in zip(self.tags, rows)))
 
   def results(self, best, tests, seconds):
     c = self.config
