@@ -40,7 +40,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf import baselines, console, distributed, evaluate, models, sweep, train
+from vaecf import baselines, console, distributed, evaluate, models, steps, sweep, train
 from vaecf.common import atomic_write
 from vaecf.config import validate
 from vaecf.data import load_split
@@ -162,7 +162,7 @@ def trained_space(config, model: models.Model) -> list[Knob]:
   if config.model.name == 'multdae':
     return [Knob('dropout_rate', (0.3, 0.5, 0.7), 'linear', 0.0, 0.9, 0.05),
             Knob('weight_decay', (5e-6, 2e-5, 8e-5), lo=1e-9, hi=1.0), lr]
-  out = [Knob(k, (v / 3, v, v * 3), lo=0.0 if v > 0 else -math.inf) if v > 0 else
+  out = [Knob(k, (v / 3, v, v * 3), lo=0.0) if v > 0 else
          Knob(k, (v - 0.1, v, v + 0.1), 'linear', resolution=0.02)
          for k, v in model.hparams.items() if k != 'dropout_rate']
   return out + ([lr] if model.optimizers is None else [])
@@ -218,11 +218,10 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
   sub = Path(detail['workdir'])
   params_M = sweep.restore_best_params(sub, c, split.n_items, mesh,
                                        n_models=len(_round_of(best, done)['points']))
-  params = jax.tree.map(lambda a: a[detail['index']:detail['index'] + 1], params_M)
-  for_params, batch = sweep.make_sweep_scorer(model, mesh, c.train.eval_batch_size)
+  params = jax.tree.map(lambda a: a[detail['index']], params_M)
+  for_params, batch = steps.make_scorer(model, mesh, c.train.eval_batch_size)
   t0 = time.perf_counter()
-  test = evaluate.evaluate_models(for_params(params), *split.heldout('test'), 1,
-                                  batch_size=batch)[0]
+  test = evaluate.evaluate(for_params(params), *split.heldout('test'), batch_size=batch)
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
                       'best_epoch': detail['best_epoch'], 'workdir': str(sub),
                       'index': detail['index'], 'test_seconds': time.perf_counter() - t0,

@@ -60,7 +60,7 @@ def test_vmapped_sweep_step_equals_single_steps(tmp_path, embedded_split, mode, 
   init = steps.init_state(model, optimizer, jax.random.key(0))
   states = sweep.stack_states(init, len(values))
   step_m = sweep.make_sweep_step(model, optimizer, mesh, seed=3, models_per_pass=per_pass)
-  scheds = sweep.schedules(c)
+  scheds = sweep.hparams(c, embedded_split.n_items)
   for b in batches:
     states, metrics_m = step_m(states, b, scheds)
   single = steps.make_train_step(model, optimizer, mesh, seed=3)

@@ -97,13 +97,13 @@ def _per_user(score_fn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, metrics,
   keep = np.flatnonzero(np.diff(targets.indptr) > 0)
   fold_in, targets = fold_in[keep], targets[keep]
   batch_size = max(1, min(batch_size, max(len(keep), 1)))
-  want = fold_in.shape if n_models is None else (n_models, *fold_in.shape)
+  lead = () if n_models is None else (n_models,)
   chunks = {metric_name(kind, k): [] for kind, k in metrics}
   for start, stop, fold_b in sparse.batches(fold_in, batch_size):
     scores = score_fn(fold_b)
-    if tuple(scores.shape) != (want[:-2] + fold_b.shape):
+    if tuple(scores.shape) != lead + fold_b.shape:
       raise ValueError(f'score_fn returned shape {tuple(scores.shape)}, expected '
-                       f'{want[:-2] + fold_b.shape}')
+                       f'{lead + fold_b.shape}')
     f_idx, f_val = sparse.to_padded(fold_b)
     t_idx, t_val = sparse.to_padded(sparse.pad_rows(targets[start:stop], batch_size))
     if n_models is None:
@@ -116,7 +116,7 @@ def _per_user(score_fn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, metrics,
         vals = jax.tree.map(lambda v: np.concatenate(list(v), axis=-1), vals)
     for name, v in jax.device_get(vals).items():
       chunks[name].append(np.asarray(v)[..., :stop - start])
-  empty = np.zeros((0,) if n_models is None else (n_models, 0), np.float32)
+  empty = np.zeros(lead + (0,), np.float32)
   return {k: (np.concatenate(v, axis=-1) if v else empty) for k, v in chunks.items()}, keep
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vaecf import input_pipeline, optim
@@ -29,23 +28,16 @@ TrainState = dict
 
 class TracedLR(optax.GradientTransformation):
   """An optimizer at learning rate 1 whose updates the step scales by the traced
-  hyperparameter 'learning_rate' (so a sweep can vmap over it). Adam's rate is its final
-  scale, so this is optax.adam(lr) to the bit. `default` is used when the hyperparameters
-  passed to the step hold no 'learning_rate'."""
+  hyperparameter 'learning_rate' (schedule_from_config; a sweep vmaps over it). Adam's
+  rate is its final scale, so this is optax.adam(lr) to the bit."""
   __slots__ = ()
-
-  @property
-  def default(self) -> float:
-    return self.update.default_learning_rate
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """The config's Adam (optax.adam's maths and state, one expression per leaf:
-  vaecf/optim.py), with its learning rate traced."""
-  unit = optim.adam(1.0)
-  update = functools.partial(unit.update)
-  update.default_learning_rate = float(config.train.learning_rate)
-  return TracedLR(unit.init, update)
+  vaecf/optim.py); its learning rate comes traced from the step's hyperparameters."""
+  del config  # the rate is in schedule_from_config(config)
+  return TracedLR(*optim.adam(1.0))
 
 
 def model_optimizers(model: Model, optimizer) -> dict[str, optax.GradientTransformation]:
@@ -75,16 +67,6 @@ def init_state(model: Model, optimizer, key) -> TrainState:
     # A key of its own: the params drawn from `key` stay what they were without it.
     state['model_state'] = model.init_model_state(jax.random.fold_in(key, 1))
   return state
-
-
-def require_single_phase(model: Model, what: str) -> None:
-  if not model.single_phase:
-    raise ValueError(
-        f'{what} runs single-phase models only (one pass, one optimizer over all params, '
-        f'no model state); {model.name!r} declares phases '
-        f'{[(p.name, p.passes) for p in model.phases]}, optimizers '
-        f'{sorted(model.optimizers or [DEFAULT_OPTIMIZER])} and '
-        f'{"a" if model.init_model_state else "no"} model state: train it with vaecf.train')
 
 
 def schedule_from_config(config) -> dict[str, jax.Array]:
@@ -170,7 +152,7 @@ def _make_step(model: Model, txs: dict, phase: Phase, mesh, seed: int, donate: b
     opt_state = state['opt_state'][phase.optimizer] if own else state['opt_state']
     updates, opt_state = tx.update(grads, opt_state, trained)
     if isinstance(tx, TracedLR):
-      lr = sched.get('learning_rate', tx.default)
+      lr = sched['learning_rate']
       updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
     trained = optax.apply_updates(trained, updates)
     metrics = {'loss': loss + penalty, 'beta': beta, 'users': n_users,
@@ -217,16 +199,6 @@ def make_score_fn(model: Model, mesh):
   sharded = jax.shard_map(lambda p, x: model.score(p, x), mesh=mesh,
                           in_specs=(jax.P(), jax.P(AXIS)), out_specs=jax.P(AXIS))
   return jax.jit(sharded)
-
-
-def host_scalar_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-  """Means over steps of per-step metrics: one device-to-host transfer per call."""
-  if not history:
-    return {}
-  stacked = jax.device_get(jax.tree.map(lambda *v: jnp.stack(v), *history))
-  out = {k: float(np.mean(v)) for k, v in stacked.items() if k not in ('beta', 'users')}
-  out['beta'] = float(stacked['beta'][-1])
-  return out
 
 
 def make_scorer(model: Model, mesh, eval_batch_size: int):

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from vaecf import checkpoints, distributed, evaluate as evaluation, input_pipeline, loop, models, steps, train
-from vaecf.config import ConfigError, parse_grid, validate
-from vaecf.data import load_split
+from vaecf.config import SWEEP_MODES, ConfigError, parse_grid
 from vaecf.data.types import Split
 
 log = logging.getLogger(__name__)
@@ -40,9 +39,14 @@ BEST = checkpoints.BEST_METRIC
 # are set by config.model.<name>.
 TRAIN_KNOBS = {'anneal_cap': 'anneal_cap', 'constant_beta': 'constant_beta',
                'total_anneal_steps': 'total_anneal_steps', 'learning_rate': 'learning_rate'}
-MODE_KNOBS = {'cap': 'anneal_cap', 'constant': 'constant_beta',
-              'anneal_steps': 'total_anneal_steps'}
-MODES = tuple(MODE_KNOBS)
+MODE_KNOBS = dict(zip(SWEEP_MODES, ('anneal_cap', 'constant_beta', 'total_anneal_steps')))
+
+
+def _mode_knob(config) -> str:
+  """The knob `config.sweep.mode` names (a beta sweep over config.sweep.caps)."""
+  if config.sweep.mode not in MODE_KNOBS:
+    raise ValueError(f'config.sweep.mode={config.sweep.mode!r}: use one of {SWEEP_MODES}')
+  return MODE_KNOBS[config.sweep.mode]
 
 
 def grid_points(config) -> list[dict[str, float]]:
@@ -50,9 +54,7 @@ def grid_points(config) -> list[dict[str, float]]:
   empty, the knob of `config.sweep.mode` at each of `config.sweep.caps`."""
   grid = parse_grid(config.sweep.grid)
   if not grid:
-    if config.sweep.mode not in MODES:
-      raise ValueError(f'config.sweep.mode={config.sweep.mode!r}: use one of {MODES}')
-    grid = {MODE_KNOBS[config.sweep.mode]: tuple(float(v) for v in config.sweep.caps)}
+    grid = {_mode_knob(config): tuple(float(v) for v in config.sweep.caps)}
   names = list(grid)
   return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
 
@@ -61,9 +63,7 @@ def model_config(config, point):
   """The single-run config equivalent to the sweep's model at `point` ({knob: value}, or
   a bare value of `config.sweep.mode`'s knob)."""
   if not isinstance(point, dict):
-    if config.sweep.mode not in MODES:
-      raise ValueError(f'config.sweep.mode={config.sweep.mode!r}: use one of {MODES}')
-    point = {MODE_KNOBS[config.sweep.mode]: point}
+    point = {_mode_knob(config): point}
   c = config.copy_and_resolve_references()
   for knob, value in point.items():
     if knob in TRAIN_KNOBS:
@@ -99,13 +99,6 @@ def hparams(config, n_items: int, points: list[dict] | None = None) -> dict[str,
   for point in points:
     c = model_config(config, point)
     per_model.append(steps.hparams_from_config(c, models.build(c, n_items)))
-  return jax.tree.map(lambda *v: jnp.stack(v), *per_model)
-
-
-def schedules(config) -> dict[str, jax.Array]:
-  """The beta sweep's stacked schedules (no model hyperparameters: the steps fill them
-  in from the model)."""
-  per_model = [steps.schedule_from_config(model_config(config, p)) for p in grid_points(config)]
   return jax.tree.map(lambda *v: jnp.stack(v), *per_model)
 
 
@@ -304,19 +297,13 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
   if not points or any(set(p) != set(points[0]) for p in points):
     raise ConfigError('the sweep is empty (config.sweep.caps or config.sweep.grid), or its '
                       'points set different knobs: nothing to sweep')
-  # The knobs are checked before the workdir is touched: a sweep that cannot run writes
-  # nothing.
-  validate(config)
-  train.import_model_module(config)
-  info = None
-  if split is None:
-    split, info = load_split(config.data)
-  model = models.build(config, split.n_items)
-  check_traceable(config, model, points)
-  if set(points[0]) <= {'anneal_cap', 'constant_beta'} and not model.uses_beta and len(
-      points) > 1:
-    log.warning('%s ignores beta: every model of this sweep trains identically', model.name)
-  wd, split, mesh, model, optimizer, init_key = train.setup(config, workdir, split, info)
+
+  def check(model):  # before the workdir is touched: a sweep that cannot run writes nothing
+    check_traceable(config, model, points)
+    if set(points[0]) <= {'anneal_cap', 'constant_beta'} and not model.uses_beta and len(
+        points) > 1:
+      log.warning('%s ignores beta: every model of this sweep trains identically', model.name)
+  wd, split, mesh, model, optimizer, init_key = train.setup(config, workdir, split, check=check)
   try:
     _warn_unreachable(config, points, split.train.shape[0])
     trainee = _Sweep(config, split, mesh, model, optimizer, init_key, points, models_per_pass)

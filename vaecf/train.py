@@ -48,21 +48,24 @@ def evaluate_params(for_params, batch: int, params, split: Split, which: str):
   return evaluation.evaluate(for_params(params), fold_in, targets, batch_size=batch)
 
 
-def setup(config, workdir: str | Path, split: Split | None = None, info: dict | None = None):
+def setup(config, workdir: str | Path, split: Split | None = None, check=None):
   """What every trainer starts from: (workdir, split, mesh, model, optimizer, init key).
 
-  The config is validated and the workdir checked (and locked) before anything is
-  written; the caller closes `workdir` (its lock) when the run ends.
+  The config is validated, the model built and `check(model)` run (a caller's own
+  refusals), and the workdir checked and locked, before anything is written; the caller
+  closes `workdir` (its lock) when the run ends.
   """
   validate(config)
   import_model_module(config)
   wd = Workdir(workdir)
   if split is None:
     split, info = load_split(config.data)
-  elif info is None:
+  else:
     info = {'name': config.data.name}
-  wd.start(config, split, info)
   model = models.build(config, split.n_items)
+  if check is not None:
+    check(model)  # a caller's own refusal (the sweep's knobs), before anything is written
+  wd.start(config, split, info)
   init_key = jax.random.fold_in(jax.random.key(config.train.seed), 0)
   return wd, split, distributed.make_mesh(), model, steps.make_optimizer(config), init_key
 

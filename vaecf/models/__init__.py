@@ -113,13 +113,6 @@ class Model:
     if len({p.name for p in self.phases}) != len(self.phases):
       raise ValueError(f'model {self.name!r}: phase names must differ')
 
-  @property
-  def single_phase(self) -> bool:
-    """The built-in case: one pass, one optimizer over all params, no extra state."""
-    return (self.optimizers is None and len(self.phases) == 1 and self.phases[0].passes == 1
-            and self.phases[0].params is None and not self.phases[0].loss_options
-            and self.phases[0].after is None and self.init_model_state is None)
-
 
 _FACTORIES: dict[str, Callable[[Any, int], Model]] = {}
 

@@ -127,7 +127,7 @@ def build_step(config, n_items: int, mesh, sweep_models: int = 0):
   c.sweep.caps = tuple(float(v) for v in np.linspace(0.1, 1.0, sweep_models))
   state = jax.jit(lambda k: sweep.stack_states(init(k), sweep_models),
                   out_shardings=distributed.replicated(mesh))(jax.random.key(0))
-  return sweep.make_sweep_step(model, opt, mesh, seed=0), state, sweep.schedules(c)
+  return sweep.make_sweep_step(model, opt, mesh, seed=0), state, sweep.hparams(c, n_items)
 
 
 def time_train(config, x: sp.csr_matrix, mesh, n_steps: int, *, steps_per_call: int = 1,
