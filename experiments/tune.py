@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -44,7 +45,7 @@ from vaecf import baselines, console, distributed, evaluate, models, steps, swee
 from vaecf.common import atomic_write
 from vaecf.config import validate
 from vaecf.data import load_split
-from vaecf.workdir import read_metrics
+from vaecf.workdir import load_config, read_metrics
 
 log = logging.getLogger(__name__)
 METRIC = 'val_ndcg@100'
@@ -214,19 +215,48 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
   detail = _detail_of(best, done)
   # Test once: the chosen model's best-by-validation parameters, from its round's sweep.
-  mesh = distributed.make_mesh()
-  sub = Path(detail['workdir'])
-  params_M = sweep.restore_best_params(sub, c, split.n_items, mesh,
-                                       n_models=len(_round_of(best, done)['points']))
-  params = jax.tree.map(lambda a: a[detail['index']], params_M)
-  for_params, batch = steps.make_scorer(model, mesh, c.train.eval_batch_size)
+  score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail,
+                                         len(_round_of(best, done)['points']))
   t0 = time.perf_counter()
-  test = evaluate.evaluate(for_params(params), *split.heldout('test'), batch_size=batch)
+  test = evaluate.evaluate(score_fn, *split.heldout('test'), batch_size=batch)
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
-                      'best_epoch': detail['best_epoch'], 'workdir': str(sub),
+                      'best_epoch': detail['best_epoch'], 'workdir': detail['workdir'],
                       'index': detail['index'], 'test_seconds': time.perf_counter() - t0,
                       'fixed': {'total_anneal_steps': c.train.total_anneal_steps,
                                 'epochs': c.train.epochs, 'patience': c.train.patience}}
+
+
+def _sweep_member_scorer(c, model, n_items: int, detail: dict, n_models: int):
+  """(score_fn, batch size) of model `detail['index']` of a round's sweep, at its best
+  validation epoch."""
+  mesh = distributed.make_mesh()
+  params_M = sweep.restore_best_params(Path(detail['workdir']), c, n_items, mesh,
+                                       n_models=n_models)
+  params = jax.tree.map(lambda a: a[detail['index']], params_M)
+  for_params, batch = steps.make_scorer(model, mesh, c.train.eval_batch_size)
+  return for_params(params), batch
+
+
+def chosen_scorer(name: str, workdir: str | Path, split):
+  """(score_fn, batch size) of the point a finished tune in `workdir` chose for `name`,
+  on `split` (the tune's own): a saved baseline, or a trained model from its round."""
+  state = json.loads((Path(workdir) / 'tune.json').read_text())
+  entry = state['models'].get(name)
+  if entry is None or 'chosen' not in entry:
+    done = [n for n, e in state['models'].items() if 'chosen' in e]
+    raise ValueError(f'{workdir} holds no finished tune of {name!r}; finished: {done}')
+  if name in baselines.NAMES:
+    fitted, item_ids = baselines.load_fitted(Path(workdir) / name / 'best')
+    if not np.array_equal(item_ids.astype(str), split.item_ids.astype(str)):
+      raise ValueError(f'{workdir}/{name}/best was fitted on other items than this split '
+                       f'({len(item_ids)} vs {split.n_items}): pass the tune\'s config')
+    return fitted.score_fn, 2000
+  detail = _detail_of(entry['chosen'], entry['rounds'])
+  c = load_config(Path(detail['workdir']))  # the config the round trained under
+  train.import_model_module(c)
+  model = models.build(c, split.n_items)
+  return _sweep_member_scorer(c, model, split.n_items, detail,
+                              len(_round_of(entry['chosen'], entry['rounds'])['points']))
 
 
 def _round_of(point, rounds):

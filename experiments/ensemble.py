@@ -1,0 +1,136 @@
+"""Ensembles of tuned models: a weighted sum of each member's per-user standardised scores,
+the weights chosen on validation users, the test users scored once.
+
+  python -m experiments.ensemble --config=configs/ml1m.py --config.data.path=PATH/ml-1m \
+      --tune=DIR --members=ease,multdae [--steps=10]
+
+DIR is a finished `experiments.tune` (same config and data): each member is the point it
+chose, a saved baseline or a trained model at its best validation epoch. Scores are put
+on one scale per user (mean 0, standard deviation 1 over the items: members' raw scales
+differ by orders of magnitude), then mixed with weights on the simplex in steps of
+1/steps. Every weight vector of the grid is scored in one pass over the validation users
+(the evaluator's model axis). A corner of the grid is one member alone, and per-user
+standardising keeps each user's ranking, so the grid holds each member's own score and
+the chosen mix is never below the best member on validation.
+Writes DIR/ensemble_<members>.json.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import tune
+from vaecf import console, evaluate
+from vaecf.common import atomic_write
+from vaecf.config import validate
+from vaecf.data import load_split
+
+log = logging.getLogger(__name__)
+
+
+def weight_grid(n_members: int, steps: int) -> np.ndarray:
+  """[W, n_members]: every vector of multiples of 1/steps that sums to 1, corners first."""
+  if n_members < 1 or steps < 1:
+    raise ValueError(f'need at least one member and one step, got {n_members}, {steps}')
+  rows = [np.eye(n_members)[k] * steps for k in range(n_members)]
+  rows += [np.array(c) for c in itertools.product(range(steps + 1), repeat=n_members)
+           if sum(c) == steps and max(c) < steps]
+  return np.stack(rows).astype(np.float32) / steps
+
+
+def standardise(scores_BxI):
+  """Each row to mean 0 and standard deviation 1 (a constant row to 0)."""
+  s = jnp.asarray(scores_BxI, jnp.float32)
+  centred = s - s.mean(axis=-1, keepdims=True)
+  sd = jnp.sqrt(jnp.mean(centred * centred, axis=-1, keepdims=True))
+  # A constant row's mean is rounded, leaving a spread of rounding error, not a ranking.
+  flat = sd <= 1e-6 * jnp.max(jnp.abs(s), axis=-1, keepdims=True)
+  return jnp.where(flat, 0.0, centred / jnp.where(flat, 1.0, sd))
+
+
+def mixed_score_fn(score_fns, weights_WxK):
+  """csr -> [W, B, I]: for each weight vector, the weighted sum of standardised scores."""
+  w = jnp.asarray(weights_WxK, jnp.float32)
+
+  def score_fn(x):
+    z = jnp.stack([standardise(f(x)) for f in score_fns])  # [K, B, I]
+    return jnp.einsum('wk,kbi->wbi', w, z)
+  return score_fn
+
+
+def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
+        split=None, batch_size: int = 500) -> dict:
+  """Chooses the weights on validation, scores test once; returns what it writes."""
+  validate(config)
+  if len(set(members)) != len(members) or len(members) < 2:
+    raise ValueError(f'an ensemble needs two or more distinct members, got {members}')
+  tune_dir = Path(tune_dir)
+  if split is None:
+    split, _ = load_split(config.data)
+  scorers = [tune.chosen_scorer(m, tune_dir, split) for m in members]
+  fns = [f for f, _ in scorers]
+  grid = weight_grid(len(members), steps)
+  # The [W, B, I] block of mixed scores stays under about 256 MB.
+  batch = max(1, min([batch_size, 2 ** 26 // (len(grid) * split.n_items)]
+                     + [b for _, b in scorers]))
+  t0 = time.perf_counter()
+  val = evaluate.evaluate_models(mixed_score_fn(fns, grid), *split.heldout('val'),
+                                 len(grid), batch_size=batch)
+  val_ndcg = np.array([r.mean('ndcg@100') for r in val])
+  best = int(np.argmax(val_ndcg))  # ties: the first, so a corner (one member) wins them
+  chosen = grid[best]
+  test = evaluate.evaluate_models(mixed_score_fn(fns, chosen[None]), *split.heldout('test'),
+                                  1, batch_size=batch)[0]
+  state = json.loads((tune_dir / 'tune.json').read_text())
+  out = {'dataset': config.data.name, 'members': members, 'steps': steps,
+         'weights': dict(zip(members, map(float, chosen))),
+         'val_ndcg@100': float(val_ndcg[best]),
+         'grid': [{'weights': list(map(float, w)), 'val_ndcg@100': float(v)}
+                  for w, v in zip(grid, val_ndcg)],
+         'members_alone': {m: {'val_ndcg@100': float(val_ndcg[k]),
+                               'test': state['models'][m]['test']}
+                           for k, m in enumerate(members)},
+         'test': test.summary(), 'n_test_users': test.n_users,
+         'seconds': time.perf_counter() - t0}
+  atomic_write(tune_dir / f'ensemble_{"+".join(members)}.json', json.dumps(out, indent=2))
+  return out
+
+
+def summary(out: dict) -> str:
+  t = out['test']
+  weights = ', '.join(f'{m} {w:.2f}' for m, w in out['weights'].items())
+  lines = [f'{out["dataset"]}: ensemble weights chosen on validation: {weights} '
+           f'(val NDCG@100 {out["val_ndcg@100"]:.4f})',
+           f'  test ({out["n_test_users"]} users): Recall@20 {t["recall@20"]:.4f} ± '
+           f'{t["recall@20_se"]:.4f}, Recall@50 {t["recall@50"]:.4f} ± '
+           f'{t["recall@50_se"]:.4f}, NDCG@100 {t["ndcg@100"]:.4f} ± {t["ndcg@100_se"]:.4f}']
+  for m, a in out['members_alone'].items():
+    lines.append(f'  {m} alone: val NDCG@100 {a["val_ndcg@100"]:.4f}, test NDCG@100 '
+                 f'{a["test"]["ndcg@100"]:.4f} ± {a["test"]["ndcg@100_se"]:.4f}')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  console.setup()
+  f = flags.FLAGS
+  print(summary(run(f.config, f.tune, f.members, f.steps)))
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('tune', None, 'The workdir of a finished experiments.tune.')
+  flags.DEFINE_list('members', None, 'Tuned models to mix, e.g. ease,multdae.')
+  flags.DEFINE_integer('steps', 10, 'Weights are multiples of 1/steps.')
+  config_flags.DEFINE_config_file('config', None, 'The config file the tune ran with.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config', 'tune', 'members'])
+  app.run(console.guarded(main))
