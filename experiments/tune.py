@@ -325,6 +325,7 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
     entry = state['models'].setdefault(name, {'rounds': []})
     if 'test' in entry:
       continue
+    entry['budget'] = budget  # models of one folder may be tuned by calls with other budgets
     t0 = time.perf_counter() - entry.get('seconds', 0.0)
 
     def on_round(rounds, entry=entry, t0=t0):

@@ -5,6 +5,19 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+# One XLA compilation cache for the session and the runs it starts in subprocesses: most
+# of the suite's time is compiling the same small models again, test after test. Entries
+# are keyed by the whole program and the compile options, so a hit is the same binary.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  _XLA_CACHE = tempfile.mkdtemp(prefix='vaecf-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
