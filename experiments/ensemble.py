@@ -75,7 +75,8 @@ def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
   tune_dir = Path(tune_dir)
   if split is None:
     split, _ = load_split(config.data)
-  scorers = [tune.chosen_scorer(m, tune_dir, split) for m in members]
+  state = json.loads((tune_dir / 'tune.json').read_text())
+  scorers = [tune.chosen_scorer(m, tune_dir, split, state) for m in members]
   fns = [f for f, _ in scorers]
   grid = weight_grid(len(members), steps)
   # The [W, B, I] block of mixed scores stays under about 256 MB.
@@ -95,7 +96,6 @@ def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
   for m, r in zip(members, alone):
     d = test.per_user['ndcg@100'] - r.per_user['ndcg@100']
     paired[m] = {'mean': float(d.mean()), 'se': float(d.std() / np.sqrt(len(d)))}
-  state = json.loads((tune_dir / 'tune.json').read_text())
   out = {'dataset': config.data.name, 'members': members, 'steps': steps,
          'weights': dict(zip(members, map(float, chosen))),
          'val_ndcg@100': float(val_ndcg[best]),

@@ -237,10 +237,12 @@ def _sweep_member_scorer(c, model, n_items: int, detail: dict, n_models: int):
   return for_params(params), batch
 
 
-def chosen_scorer(name: str, workdir: str | Path, split):
+def chosen_scorer(name: str, workdir: str | Path, split, state: dict | None = None):
   """(score_fn, batch size) of the point a finished tune in `workdir` chose for `name`,
-  on `split` (the tune's own): a saved baseline, or a trained model from its round."""
-  state = json.loads((Path(workdir) / 'tune.json').read_text())
+  on `split` (the tune's own): a saved baseline, or a trained model from its round.
+  `state` is the folder's tune.json when the caller has read it already."""
+  if state is None:
+    state = json.loads((Path(workdir) / 'tune.json').read_text())
   entry = state['models'].get(name)
   if entry is None or 'chosen' not in entry:
     done = [n for n, e in state['models'].items() if 'chosen' in e]
