@@ -135,6 +135,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vaecf import process
+  process.prepare()  # before anything starts JAX's backend
   flags.DEFINE_string('tune', None, 'The workdir of a finished experiments.tune.')
   flags.DEFINE_list('members', None, 'Tuned models to mix, e.g. ease,multdae.')
   flags.DEFINE_integer('steps', 10, 'Weights are multiples of 1/steps.')

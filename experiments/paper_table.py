@@ -318,6 +318,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vaecf import process
+  process.prepare()  # before anything starts JAX's backend
   # Flags are defined here, not at import, so tests can import this module beside
   # other experiments that define --workdir too.
   from absl import app, flags

@@ -104,4 +104,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vaecf import process
+  process.prepare()  # before anything starts JAX's backend
   app.run(console.guarded(main))

@@ -173,5 +173,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vaecf import process
+  process.prepare()  # before anything starts JAX's backend
   define_flags()
   app.run(console.guarded(main))

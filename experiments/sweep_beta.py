@@ -7,5 +7,7 @@ from experiments.sweep import benchmark, define_flags, main, markdown  # noqa: F
 from vaecf import console
 
 if __name__ == '__main__':
+  from vaecf import process
+  process.prepare()  # before anything starts JAX's backend
   define_flags()
   app.run(console.guarded(main))

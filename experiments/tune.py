@@ -426,6 +426,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vaecf import process
+  process.prepare()  # before anything starts JAX's backend
   flags.DEFINE_string('workdir', None, 'Directory of the tune (resumed when it exists).')
   flags.DEFINE_list('models', ['multvae', 'multdae', 'ease', 'wmf', 'slim', 'cdae',
                                'popularity'], 'Models to tune, in order.')

@@ -18,6 +18,12 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+# The entry points' malloc settings (vaecf.host_malloc) for the test process as well:
+# tests then run what users run, and the larger ones skip re-faulting fresh buffers.
+from vaecf import host_malloc  # noqa: E402
+
+host_malloc.apply()
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

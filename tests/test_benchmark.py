@@ -1,10 +1,13 @@
 """The benchmark runs the real step and evaluator and ends with one JSON line."""
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vaecf.tools import benchmark
 from vaecf.config import base_config
@@ -54,6 +57,7 @@ def test_benchmark_runs_and_prints_json():
   assert out['peak_matmul_gflops'] == best and out['peak_source'] in ('xla', 'numpy',
                                                                       'numpy_clean_env')
   assert isinstance(out['xla_flags'], str) and isinstance(out['vaecf_xla_flags'], list)
+  assert isinstance(out['malloc'], dict)  # what the entry point set, or {} where not glibc
   assert 'NumPy' in proc.stdout and 'Adam update' in proc.stdout
 
 
@@ -74,6 +78,49 @@ def test_xla_flags_append_respect_user_and_opt_out(monkeypatch):
   assert env['XLA_FLAGS'] == ' '.join(xla_flags.PRESETS['onednn'])
   monkeypatch.setattr('jax._src.xla_bridge.backends_are_initialized', lambda: True)
   assert xla_flags.apply({}) == []
+
+
+class _FakeLibc:
+  def __init__(self, refuse=()):
+    self.calls, self.refuse = [], refuse
+
+  def mallopt(self, code, value):
+    self.calls.append((code, value))
+    return 0 if code in self.refuse else 1
+
+
+def test_host_malloc_sets_opts_out_and_defers_to_glibc_tunables(monkeypatch):
+  from vaecf import host_malloc
+  monkeypatch.setattr('platform.system', lambda: 'Linux')
+  monkeypatch.setattr('platform.libc_ver', lambda: ('glibc', '2.36'))
+  libc = _FakeLibc()
+  assert host_malloc.apply({}, _libc=libc) == host_malloc.SETTINGS == host_malloc.applied()
+  assert libc.calls == [(-8, 1), (-4, 0), (-1, 2**31 - 1)]  # glibc's M_* numbers
+  for env in ({'VAECF_MALLOC': '0'}, {'VAECF_MALLOC': 'off'},
+              {'GLIBC_TUNABLES': 'glibc.malloc.mmap_max=0'}):
+    libc = _FakeLibc()
+    assert host_malloc.apply(env, _libc=libc) == {} and libc.calls == [], env
+    assert host_malloc.applied() == {}
+  with pytest.raises(ValueError, match='VAECF_MALLOC'):
+    host_malloc.apply({'VAECF_MALLOC': 'maybe'}, _libc=_FakeLibc())
+  # A refused setting is not reported as set.
+  assert 'M_ARENA_MAX' not in host_malloc.apply({}, _libc=_FakeLibc(refuse=(-8,)))
+  monkeypatch.setattr('platform.libc_ver', lambda: ('musl', ''))
+  libc = _FakeLibc()
+  assert host_malloc.apply({}, _libc=libc) == {} and libc.calls == []
+
+
+def test_importing_vaecf_sets_no_process_settings():
+  """Only entry points call vaecf.process.prepare(); a library import changes nothing."""
+  code = ('import vaecf, vaecf.train, vaecf.sweep, experiments.tune, experiments.recvae; '
+          'from vaecf import host_malloc, xla_flags, process; '
+          'assert host_malloc.applied() == {} and xla_flags.applied() == [], process.settings(); '
+          's = process.prepare(); print(sorted(s["malloc"]))')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env={**os.environ, 'VAECF_MALLOC': '1'})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  if sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc':
+    assert proc.stdout.split() == ["['M_ARENA_MAX',", "'M_MMAP_MAX',", "'M_TRIM_THRESHOLD']"]
 
 
 def test_multi_step_equals_single_steps():

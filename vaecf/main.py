@@ -20,9 +20,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from vaecf import console, xla_flags
+  from vaecf import console, process
   console.setup()
-  xla_flags.apply()  # before JAX starts a backend: XLA reads its flags once
+  process.prepare()  # before JAX starts a backend: XLA reads its flags once
   from vaecf import distributed, train  # after flag parsing: jax may be configured first
   distributed.maybe_initialize(FLAGS.config)
   logging.getLogger('vaecf.main').info('devices: %s', distributed.describe())

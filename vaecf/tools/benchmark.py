@@ -32,7 +32,8 @@ import optax
 import scipy.sparse as sp
 from absl import app, flags
 
-from vaecf import distributed, evaluate, input_pipeline, models, optim, steps, xla_flags
+from vaecf import (distributed, evaluate, host_malloc, input_pipeline, models, optim, process,
+                   steps, xla_flags)
 from vaecf.config import base_config
 from vaecf.data.split import sorted_unique
 from vaecf.models import nn
@@ -323,7 +324,7 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
       **tr['parts'], 'adam_fraction_of_step': tr['parts']['adam_s'] / tr['step_s'],
       'input_pipeline_s_per_batch': pipeline_s,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'vaecf_xla_flags': xla_flags.applied()})
+      'vaecf_xla_flags': xla_flags.applied(), 'malloc': host_malloc.applied()})
   if compare_dense:
     dense_cfg = config.copy_and_resolve_references()
     dense_cfg.model.input_layer = 'dense'
@@ -355,7 +356,8 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
       f"{p['first_layer_gather_gflops']:.1f}, scatter {p['first_layer_scatter_gflops']:.1f}")
   log(f"Adam update {p['adam_s'] * 1e3:.1f} ms ({out['adam_fraction_of_step']:.0%} of a step; "
       f"optim.adam_step {p['adam_fused_s'] * 1e3:.1f} ms); "
-      f"input pipeline {pipeline_s * 1e3:.1f} ms/batch; XLA_FLAGS={out['xla_flags']!r}")
+      f"input pipeline {pipeline_s * 1e3:.1f} ms/batch; XLA_FLAGS={out['xla_flags']!r}; "
+      f"malloc {out['malloc'] or 'glibc defaults'}")
   if sweep_models:
     log(f"{sweep_models}-model sweep {out['sweep_users_per_s']:,.0f} users x models/s "
         f"({out['sweep_over_single_speed']:.2f}x one model's)")
@@ -394,7 +396,7 @@ def main(argv):
 def cli():
   """Console script entry point (vaecf-benchmark); flags exist only for the command."""
   from vaecf import console
-  xla_flags.apply()
+  process.prepare()
   _define_flags()
   app.run(console.guarded(main))
 

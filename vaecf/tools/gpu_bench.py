@@ -183,8 +183,8 @@ def _main(argv):
 
 def cli():
   from absl import app
-  from vaecf import console, xla_flags
-  xla_flags.apply()  # before anything starts JAX's backend
+  from vaecf import console, process
+  process.prepare()  # before anything starts JAX's backend
   _define_flags()
   app.run(console.guarded(_main))
 
