@@ -193,3 +193,25 @@ def test_gpu_bench_reports_out_of_memory_and_the_budget_and_goes_on(monkeypatch)
   assert 'OUT OF MEMORY' in out.getvalue() and '1.00x' in out.getvalue()
   rows = gpu_bench.main(['float32:500'], 'tiny', 2, 0.0, 1.0, out=io.StringIO())
   assert 'time budget' in rows[0]['skipped']
+
+
+def test_torch_reference_trains_where_torch_is_installed():
+  pytest.importorskip('torch', reason='PyTorch is optional (only --compare_torch uses it)')
+  from vaecf.tools import torch_reference
+  x = benchmark.synthetic_clicks(400, 120, 12.0)
+  out = torch_reference.time_train(x, 64, 4, hidden=32, latent=8, warmup=1)
+  assert out['users_per_s'] > 0 and np.isfinite(out['loss']) and out['threads'] >= 1
+
+
+def test_compare_torch_without_torch_says_how_to_get_it(monkeypatch):
+  import builtins
+  from vaecf.tools import torch_reference
+  real = builtins.__import__
+
+  def no_torch(name, *a, **k):
+    if name == 'torch':
+      raise ImportError('No module named torch')
+    return real(name, *a, **k)
+  monkeypatch.setattr(builtins, '__import__', no_torch)
+  with pytest.raises(SystemExit, match='pip install torch'):
+    torch_reference.time_train(benchmark.synthetic_clicks(50, 30, 6.0), 16, 1)

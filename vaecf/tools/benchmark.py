@@ -2,7 +2,7 @@
 
   python -m vaecf.tools.benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
       [--dtype=float32|bfloat16|tf32|float32_highest] [--steps_per_call=K]
-      [--sweep_models=M] [--devices=N] [--steps=30] [--compare_dense]
+      [--sweep_models=M] [--devices=N] [--steps=30] [--compare_dense] [--compare_torch]
 
 The click matrix has the training shape and density of the chosen paper dataset
 (heavy-tailed item popularity, log-normal user lengths >= 5, fixed seed), built
@@ -276,14 +276,14 @@ def time_eval(config, x: sp.csr_matrix, mesh) -> float:
 def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 'float32',
         devices: int = 0, n_steps: int = 30, eval_users: int = 4000,
         compare_dense: bool = False, steps_per_call: int = 1, sweep_models: int = 0,
-        log=print) -> dict:
+        log=print, compare_torch: bool = False) -> dict:
   with gpu.matmul_precision(dtype):  # read when each step is traced
     return _run(shape, model, batch_size, dtype, devices, n_steps, eval_users,
-                compare_dense, steps_per_call, sweep_models, log)
+                compare_dense, steps_per_call, sweep_models, log, compare_torch)
 
 
 def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_dense,
-         steps_per_call, sweep_models, log) -> dict:
+         steps_per_call, sweep_models, log, compare_torch=False) -> dict:
   n_users, n_items, mean_len = SHAPES[shape]
   t = time.perf_counter()
   x = synthetic_clicks(n_users, n_items, mean_len)
@@ -331,6 +331,14 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
     dn = gpu.time_train(dense_cfg, sample, mesh, n_steps, steps_per_call=k)
     out.update({'dense_input_users_per_s': dn['users_per_s'],
                 'sparse_over_dense_speed': tr['users_per_s'] / dn['users_per_s']})
+  if compare_torch:
+    if model != 'multvae' or dtype != 'float32':
+      raise ValueError('--compare_torch times float32 Mult-VAE only')
+    from vaecf.tools import torch_reference
+    pt = torch_reference.time_train(sample, batch_size, n_steps)
+    out.update({'torch_users_per_s': pt['users_per_s'], 'torch_version': pt['version'],
+                'torch_threads': pt['threads'],
+                'vaecf_over_torch_speed': tr['users_per_s'] / pt['users_per_s']})
   if sweep_models:
     sw = gpu.time_train(config, sample, mesh, n_steps, steps_per_call=k,
                         sweep_models=sweep_models)
@@ -358,6 +366,9 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
       f"optim.adam_step {p['adam_fused_s'] * 1e3:.1f} ms); "
       f"input pipeline {pipeline_s * 1e3:.1f} ms/batch; XLA_FLAGS={out['xla_flags']!r}; "
       f"malloc {out['malloc'] or 'glibc defaults'}")
+  if compare_torch:
+    log(f"plain PyTorch {out['torch_version']} ({out['torch_threads']} threads), same users: "
+        f"{out['torch_users_per_s']:,.0f} users/s; vaecf {out['vaecf_over_torch_speed']:.2f}x")
   if sweep_models:
     log(f"{sweep_models}-model sweep {out['sweep_users_per_s']:,.0f} users x models/s "
         f"({out['sweep_over_single_speed']:.2f}x one model's)")
@@ -380,6 +391,8 @@ def _define_flags():
   flags.DEFINE_integer('steps', 30, 'Timed training steps (after warm-up).')
   flags.DEFINE_integer('eval_users', 4000, 'Held-out users scored for the eval timing.')
   flags.DEFINE_bool('compare_dense', False, 'Also time the same step with a dense input layer.')
+  flags.DEFINE_bool('compare_torch', False, 'Also time a plain PyTorch Mult-VAE step on the '
+                    'same users (vaecf.tools.torch_reference; needs torch installed).')
 
 
 def main(argv):
@@ -389,7 +402,7 @@ def main(argv):
   console.setup()
   f = flags.FLAGS
   out = run(f.shape, f.model, f.batch_size, f.dtype, f.devices, f.steps, f.eval_users,
-            f.compare_dense, f.steps_per_call, f.sweep_models)
+            f.compare_dense, f.steps_per_call, f.sweep_models, compare_torch=f.compare_torch)
   print(json.dumps(out))
 
 
