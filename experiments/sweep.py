@@ -47,8 +47,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('benchmark_epochs', 0, 'Epochs to time vectorised vs sequential (0: no).')
   flags.DEFINE_integer('benchmark_repeats', 2, 'Timed repeats; the fastest of each is kept.')
   flags.DEFINE_bool('train', True, 'Run the sweep itself.')
-  flags.DEFINE_integer('models_per_pass', 0, 'Models vmapped together; more are looped over '
-                       'with lax.map (0: all in one vmap). 1 is fastest on a CPU.')
+  flags.DEFINE_integer('models_per_pass', None, 'Models vmapped together; more are looped '
+                       'over with lax.map. 0: all in one vmap. Unset: 1 on a CPU (fastest '
+                       'there), all on an accelerator.')
   flags.DEFINE_list('benchmark_models_per_pass', ['0', '1'], 'The ways timed by the benchmark.')
   config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                   lock_config=True)
@@ -161,7 +162,8 @@ def main(argv):
   if not FLAGS.train:
     return
   results = sweep.train_sweep(config, workdir, split=split,
-                              models_per_pass=FLAGS.models_per_pass or None)
+                              models_per_pass=sweep.resolve_models_per_pass(
+                                  FLAGS.models_per_pass))
   table = markdown(results)
   (workdir / 'sweep.md').write_text(table + '\n')
   print(table)

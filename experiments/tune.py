@@ -419,7 +419,7 @@ def main(argv):
   console.setup()
   flags_ = flags.FLAGS
   state = run(flags_.config, flags_.workdir, flags_.models, flags_.budget,
-              models_per_pass=flags_.models_per_pass or None)
+              models_per_pass=sweep.resolve_models_per_pass(flags_.models_per_pass))
   print(markdown(state))
   for p in plot(state, Path(flags_.workdir)):
     print(p)
@@ -432,8 +432,9 @@ if __name__ == '__main__':
   flags.DEFINE_list('models', ['multvae', 'multdae', 'ease', 'wmf', 'slim', 'cdae',
                                'popularity'], 'Models to tune, in order.')
   flags.DEFINE_integer('budget', 16, 'Most points tried per model.')
-  flags.DEFINE_integer('models_per_pass', 0, 'Models of a round vmapped together (0: all; '
-                       '1, a loop over them, is fastest on a CPU).')
+  flags.DEFINE_integer('models_per_pass', None, 'Models of a round vmapped together (0: all; '
+                       'unset: 1, a loop over them, on a CPU, where it is fastest, and all '
+                       'on an accelerator).')
   config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                   lock_config=True)
   flags.mark_flags_as_required(['config', 'workdir'])

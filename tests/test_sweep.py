@@ -193,3 +193,14 @@ def test_plot_command_writes_pngs(tmp_path, embedded_split):
   train.train_and_evaluate(c, tmp_path / 'run', split=embedded_split)
   written = plots.plot_workdir(tmp_path / 'run')
   assert written and all(p.suffix == '.png' and p.stat().st_size > 0 for p in written)
+
+
+def test_models_per_pass_unset_loops_on_a_cpu_and_vmaps_on_accelerators():
+  assert sweep.resolve_models_per_pass(None, 'cpu') == 1
+  assert sweep.resolve_models_per_pass(None, 'gpu') is None
+  assert sweep.resolve_models_per_pass(None, 'tpu') is None
+  assert sweep.resolve_models_per_pass(None) == 1  # the tests run on CPU devices
+  assert sweep.resolve_models_per_pass(0, 'cpu') is None  # 0: all in one vmap, anywhere
+  assert sweep.resolve_models_per_pass(3, 'gpu') == 3
+  with pytest.raises(ValueError, match='models_per_pass=-1'):
+    sweep.resolve_models_per_pass(-1)

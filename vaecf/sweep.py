@@ -114,6 +114,22 @@ def over_models(fn, models_per_pass: int | None):
   return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=models_per_pass)
 
 
+def resolve_models_per_pass(value: int | None, platform: str | None = None) -> int | None:
+  """A command's --models_per_pass: unset picks by backend, 0 is all models in one vmap.
+
+  Unset: 1 on a CPU, where XLA runs the batched gathers, scatters and matmuls of a
+  vmapped step slower than a loop of single-model ones (README, "Parallel sweep"), and
+  one vmap over all models on an accelerator, where one model does not fill the device.
+  The results are the same either way.
+  """
+  if value is None:
+    platform = platform or jax.default_backend()
+    return 1 if platform == 'cpu' else None
+  if value < 0:
+    raise ValueError(f'models_per_pass={value}: use 0 (all in one vmap) or a positive count')
+  return value or None
+
+
 def _per_model(states):
   return {k: v for k, v in states.items() if k != 'step'}
 
