@@ -17,4 +17,5 @@ def prepare() -> dict:
 
 
 def settings() -> dict:
+  """What this process's `prepare()` set (the benchmark's JSON carries it)."""
   return {'vaecf_xla_flags': xla_flags.applied(), 'malloc': host_malloc.applied()}

@@ -32,8 +32,7 @@ import optax
 import scipy.sparse as sp
 from absl import app, flags
 
-from vaecf import (distributed, evaluate, host_malloc, input_pipeline, models, optim, process,
-                   steps, xla_flags)
+from vaecf import distributed, evaluate, input_pipeline, models, optim, process, steps
 from vaecf.config import base_config
 from vaecf.data.split import sorted_unique
 from vaecf.models import nn
@@ -324,7 +323,7 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
       **tr['parts'], 'adam_fraction_of_step': tr['parts']['adam_s'] / tr['step_s'],
       'input_pipeline_s_per_batch': pipeline_s,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'vaecf_xla_flags': xla_flags.applied(), 'malloc': host_malloc.applied()})
+      **process.settings()})
   if compare_dense:
     dense_cfg = config.copy_and_resolve_references()
     dense_cfg.model.input_layer = 'dense'

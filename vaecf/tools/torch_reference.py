@@ -4,7 +4,7 @@
 same users, after vaecf's step, so the two speeds are a ratio taken side by side. It is
 the script a researcher would write from the paper with PyTorch's own pieces: a sparse
 CSR first layer (torch.sparse.mm), tanh, the multinomial log-likelihood gathered at the
-clicks, the annealed KL, torch.optim.Adam with its defaults. PyTorch is not a
+clicks, the KL at a fixed beta, torch.optim.Adam with its defaults. PyTorch is not a
 dependency of vaecf: without it, this raises an error that says how to get it.
 """
 from __future__ import annotations
