@@ -12,7 +12,8 @@ differ by orders of magnitude), then mixed with weights on the simplex in steps 
 (the evaluator's model axis). A corner of the grid is one member alone, and per-user
 standardising keeps each user's ranking, so the grid holds each member's own score and
 the chosen mix is never below the best member on validation.
-Writes DIR/ensemble_<members>.json, with the test gain over each member paired user by user.
+Writes DIR/ensemble_<members>_steps<steps>.json (grids of other steps do not overwrite it),
+with the test gain over each member paired user by user.
 """
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
                            for k, m in enumerate(members)},
          'test': test.summary(), 'n_test_users': test.n_users,
          'test_ndcg@100_minus_member': paired, 'seconds': time.perf_counter() - t0}
-  atomic_write(tune_dir / f'ensemble_{"+".join(members)}.json', json.dumps(out, indent=2))
+  atomic_write(tune_dir / f'ensemble_{"+".join(members)}_steps{steps}.json',
+               json.dumps(out, indent=2))
   return out
 
 

@@ -55,13 +55,18 @@ def test_each_corner_is_its_member_alone_and_the_mix_is_chosen_on_validation(
           state['models'][m]['val_ndcg@100'], abs=1e-5)
   assert out['val_ndcg@100'] == max(g['val_ndcg@100'] for g in out['grid'])
   assert sum(out['weights'].values()) == pytest.approx(1.0)
-  assert (wd / 'ensemble_ease+popularity+multvae.json').exists()
+  assert (wd / 'ensemble_ease+popularity+multvae_steps4.json').exists()
   # With only the corners to choose from, the ensemble is the best member on validation,
   # and its test score is that member's own from the tune.
   corners = ensemble.run(c, wd, ['ease', 'popularity'], steps=1, split=embedded_split)
   winner = max(corners['members_alone'],
                key=lambda m: corners['members_alone'][m]['val_ndcg@100'])
   assert corners['weights'][winner] == 1.0
+  # The same members on another grid write a file of their own: steps=4's is kept.
+  ensemble.run(c, wd, ['ease', 'popularity', 'multvae'], steps=1, split=embedded_split)
+  kept = json.loads((wd / 'ensemble_ease+popularity+multvae_steps4.json').read_text())
+  assert kept['steps'] == 4 and kept['weights'] == out['weights']
+  assert (wd / 'ensemble_ease+popularity+multvae_steps1.json').exists()
   assert corners['test'] == pytest.approx(state['models'][winner]['test'], abs=1e-5)
   assert corners['test_ndcg@100_minus_member'][winner] == pytest.approx(
       {'mean': 0.0, 'se': 0.0}, abs=1e-6)
