@@ -62,17 +62,17 @@ def test_each_corner_is_its_member_alone_and_the_mix_is_chosen_on_validation(
   winner = max(corners['members_alone'],
                key=lambda m: corners['members_alone'][m]['val_ndcg@100'])
   assert corners['weights'][winner] == 1.0
-  # The same members on another grid write a file of their own: steps=4's is kept.
-  ensemble.run(c, wd, ['ease', 'popularity', 'multvae'], steps=1, split=embedded_split)
-  kept = json.loads((wd / 'ensemble_ease+popularity+multvae_steps4.json').read_text())
-  assert kept['steps'] == 4 and kept['weights'] == out['weights']
-  assert (wd / 'ensemble_ease+popularity+multvae_steps1.json').exists()
   assert corners['test'] == pytest.approx(state['models'][winner]['test'], abs=1e-5)
   assert corners['test_ndcg@100_minus_member'][winner] == pytest.approx(
       {'mean': 0.0, 'se': 0.0}, abs=1e-6)
   loser = next(m for m in corners['members'] if m != winner)
   gap = corners['test']['ndcg@100'] - state['models'][loser]['test']['ndcg@100']
   assert corners['test_ndcg@100_minus_member'][loser]['mean'] == pytest.approx(gap, abs=1e-5)
+  # The same members on another grid write a file of their own: steps=4's is kept.
+  ensemble.run(c, wd, ['ease', 'popularity', 'multvae'], steps=1, split=embedded_split)
+  kept = json.loads((wd / 'ensemble_ease+popularity+multvae_steps4.json').read_text())
+  assert kept['steps'] == 4 and kept['weights'] == out['weights']
+  assert (wd / 'ensemble_ease+popularity+multvae_steps1.json').exists()
 
 
 def test_members_that_were_not_tuned_are_refused_by_name(tuned, embedded_split):

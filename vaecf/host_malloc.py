@@ -6,8 +6,8 @@ serves a request over 32 MB with a fresh mmap and returns it with munmap on free
 each step touches those pages for the first time again: one page fault per 4 KiB. On
 the 2-core EPYC that cost was a quarter of the ML-20M step (gathering 29k rows of 600
 floats took 26 ms, 6-8 ms once the pages were reused; the step went from 1,351-1,393 to
-1,732-1,864 users/s). With mmap off, one arena and a high trim threshold, freed blocks stay in the
-process's heap and the next step reuses them.
+1,732-1,864 users/s). With mmap off, one arena and a high trim threshold, freed blocks
+stay in the process's heap and the next step reuses them.
 
 The cost is that the process keeps its high-water mark of memory until it exits (up to
 TRIM_THRESHOLD of free heap), which a training process has anyway. Like xla_flags, it is
