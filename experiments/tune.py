@@ -11,7 +11,8 @@ closer than the knob's resolution. The search ends when a whole cycle over the k
 proposes nothing new, or after `--budget` points.
 - Trained models (multvae, multdae, any registered model): each round is one vmapped
   sweep over the round's points (vaecf.sweep), its test users unscored, the epoch of each
-  point chosen by validation NDCG@100 (train.patience stops a round early).
+  point chosen by validation NDCG@100 (train.patience stops each point on its own, and
+  the round when all have stopped).
 - Baselines: each point is a fit on the training users, scored on validation users.
 Then the chosen point alone is scored on the test users, once.
 
@@ -209,7 +210,8 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
     sub = workdir / name / f'round-{digest}'
     res = sweep.train_sweep(c, sub, split=split, points=points, score_test=False,
                             models_per_pass=models_per_pass)
-    seconds = sum(r['seconds'] for r in read_metrics(sub) if r['model'] == 0)
+    # Each epoch's wall time once (models that stopped early have no rows after it).
+    seconds = sum({r['epoch']: r['seconds'] for r in read_metrics(sub)}.values())
     return [{METRIC: m[METRIC], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
              'index': m['index'], 'sweep_seconds': seconds} for m in res['models']]
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)

@@ -10,6 +10,7 @@ from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
 def test_stale_means_every_model_best_is_patience_epochs_old():
   best = lambda *epochs: [{'epoch': e} for e in epochs]
   assert not loop._stale(best(3), 10, 0)  # 0: never stop
+  assert loop._stopped({'epoch': 3}, 5, 2) and not loop._stopped({'epoch': 5}, 6, 2)
   assert loop._stale(best(3), 5, 2) and not loop._stale(best(3), 4, 2)
   assert not loop._stale(best(3, 5), 6, 2)  # one model of a sweep still improving
   assert not loop._stale(best(0), 9, 2)  # no validation pass yet
@@ -46,6 +47,36 @@ def test_early_stopping_ends_where_the_full_curve_says_and_picks_the_same_epoch(
   again = train.train_and_evaluate(c, tmp_path / 'stopped', split=embedded_split)
   drop = lambda r: {k: v for k, v in r.items() if k != 'test_eval_seconds'}
   assert drop(again) == drop(got) and len(read_metrics(tmp_path / 'stopped')) == len(rows)
+
+
+def test_each_model_of_a_sweep_stops_where_its_single_run_does(tmp_path, embedded_split):
+  from vaecf import sweep
+  c = small_config(tmp_path)
+  c.train.epochs, c.train.patience = 7, 1
+  # On the embedded data the first dips after epoch 3; the second improves up to epoch 6.
+  c.sweep.grid = 'learning_rate=3e-2,1e-2'
+  singles = []
+  for m, point in enumerate(sweep.grid_points(c)):
+    res = train.train_and_evaluate(sweep.model_config(c, point), tmp_path / f'single{m}',
+                                   split=embedded_split)
+    singles.append((res, read_metrics(tmp_path / f'single{m}')))
+  stops = [res.get('stopped_early_at') for res, _ in singles]
+  assert stops[0] is not None and stops[1] is None, stops  # the case this test is about
+  wd = tmp_path / 'sweep'
+  sweep.train_sweep(c, wd, split=embedded_split, stop_after_epoch=stops[0] + 1)
+  got = sweep.train_sweep(c, wd, split=embedded_split)  # resumed after model 0 stopped
+  rows = read_metrics(wd)
+  for m, (res, curve) in enumerate(singles):
+    mine = [r for r in rows if r['model'] == m]
+    assert [r['epoch'] for r in mine] == [r['epoch'] for r in curve]
+    for key in ('val_ndcg@100', 'train_loss'):
+      assert [r[key] for r in mine] == pytest.approx([r[key] for r in curve], rel=1e-5)
+    model = got['models'][m]
+    assert model['best_epoch'] == res['best_epoch']
+    assert model['test'] == pytest.approx(res['test'], rel=1e-5, abs=1e-7)
+    assert model.get('stopped_after_epoch') == stops[m]
+  assert 'stopped_early_at' not in got  # model 1 trained every epoch
+  assert all(r['users_per_s'] > 0 for r in rows)
 
 
 @pytest.mark.parametrize('key,value,match', [

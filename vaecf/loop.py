@@ -5,6 +5,11 @@
 validation cadence, the best epoch of each model by validation NDCG@100, early stopping,
 the checkpoints, and the final test, written once. A `Trainee` supplies what differs: one
 model, or M models on a leading axis of every parameter, optimizer and model state.
+
+Early stopping is per model: a model whose best validation pass is `train.patience` epochs
+old stops training (its state is kept as it is) while the others go on, and the run ends
+when every model has stopped. So model m of a sweep stops where its single run would, and
+the epochs after it cost the sweep nothing.
 """
 from __future__ import annotations
 
@@ -31,18 +36,25 @@ class TrainingDiverged(VaecfError, FloatingPointError):
 
 
 class Trainee(Protocol):
-  """What the loop trains; `labels` has one dict per model (the fields its rows carry)."""
+  """What the loop trains; `labels` has one dict per model (the fields its rows carry).
+
+  `active[i]` is False for a model that has stopped: train_epoch leaves its state as it is
+  and gives None for its metrics, validate may give None for its result. `best` entries
+  passed to `results` carry 'stopped_after' (its last trained epoch) for a model that
+  stopped early.
+  """
   labels: list[dict[str, Any]]
   passes: int  # shuffled passes over the training users per epoch
 
   def init(self) -> Any: ...
-  def train_epoch(self, carry, epoch: int) -> tuple[Any, list[dict[str, float]]]: ...
-  def validate(self, carry) -> list[EvalResult]: ...
+  def train_epoch(self, carry, epoch: int, active: list[bool]
+                  ) -> tuple[Any, list[dict[str, float] | None]]: ...
+  def validate(self, carry, active: list[bool]) -> list[EvalResult | None]: ...
   def keep_best(self, carry, improved: list[bool]) -> Any: ...
   def save(self, mngr, epoch: int, carry, record: dict, val: float | None) -> None: ...
   def best_of_record(self, record: dict) -> list[dict]: ...
   def test(self, mngr, carry, best: list[dict]) -> list[EvalResult]: ...
-  def epoch_line(self, rows: list[dict], best: list[dict], eta: float) -> str: ...
+  def epoch_line(self, rows: list[dict | None], best: list[dict], eta: float) -> str: ...
   def results(self, best: list[dict], tests: list[EvalResult], seconds: float) -> dict: ...
 
 
@@ -118,10 +130,15 @@ def epoch_metrics(model, histories: dict, n_models: int | None = None) -> list[d
 
 # -- the loop -----------------------------------------------------------------------------
 
+def _stopped(b: dict, epoch: int, patience: int) -> bool:
+  """Early stopping of one model after `epoch`: its best validation pass is `patience`
+  epochs old."""
+  return bool(patience) and b['epoch'] > 0 and epoch - b['epoch'] >= patience
+
+
 def _stale(best: list[dict], epoch: int, patience: int) -> bool:
-  """Early stopping: every model's best validation pass is `patience` epochs old."""
-  return bool(patience) and all(b['epoch'] > 0 and epoch - b['epoch'] >= patience
-                                for b in best)
+  """The run's end: every model has stopped."""
+  return all(_stopped(b, epoch, patience) for b in best)
 
 
 def run(config, wd, split: Split, step_of, trainee: Trainee, *,
@@ -147,16 +164,24 @@ def run(config, wd, split: Split, step_of, trainee: Trainee, *,
     log.info('resumed from epoch %d (step %d) in %s', record['epoch'], record['step'], wd.path)
 
   t, n_train = config.train, split.train.shape[0]
-  epoch_times, stopped_at = [], None
+  epoch_times, stopped_at, was_active = [], None, [True] * n
   for epoch in range(start_epoch, t.epochs + 1):
     if _stale(best, epoch - 1, t.patience):
       stopped_at = epoch - 1
       break
+    active = [not _stopped(b, epoch - 1, t.patience) for b in best]
+    for i in range(n):
+      if was_active[i] and not active[i]:
+        log.info('model %s stopped after epoch %d: no validation gain in %d epochs '
+                 '(train.patience); the others go on', trainee.labels[i],
+                 best[i]['epoch'] + t.patience, t.patience)
+    was_active = active
     t0 = time.perf_counter()
-    carry, trains = trainee.train_epoch(carry, epoch)
+    carry, trains = trainee.train_epoch(carry, epoch, active)
     t_train = time.perf_counter() - t0
     step = int(jax.device_get(step_of(carry)))
-    bad = [i for i, m in enumerate(trains) if not all(math.isfinite(v) for v in m.values())]
+    bad = [i for i, m in enumerate(trains)
+           if m is not None and not all(math.isfinite(v) for v in m.values())]
     if bad:
       which = '' if n == 1 else f' for models {[trainee.labels[i] for i in bad]}'
       raise TrainingDiverged(
@@ -164,28 +189,34 @@ def run(config, wd, split: Split, step_of, trainee: Trainee, *,
           f'{trains[bad[0]]}. Checkpoints up to epoch {epoch - 1} in '
           f'{wd.path / "checkpoints"} are intact; lower train.learning_rate or check the '
           'input data.')
-    rows = [{'epoch': epoch, 'step': step, **label,
+    n_active = sum(active)
+    rows = [None if m is None else
+            {'epoch': epoch, 'step': step, **label,
              **{f'train_{k}': v for k, v in m.items() if k != 'beta'}, 'beta': m['beta'],
-             'users_per_s': n_train * trainee.passes * n / t_train, 'train_seconds': t_train}
+             'users_per_s': n_train * trainee.passes * n_active / t_train,
+             'train_seconds': t_train}
             for label, m in zip(trainee.labels, trains)]
     val = None
     if epoch % t.eval_every == 0 or epoch == t.epochs:
       t1 = time.perf_counter()
-      results = trainee.validate(carry)
+      results = trainee.validate(carry, active)
       t_eval = time.perf_counter() - t1
-      improved = []
+      improved = [False] * n
       for i, (row, res) in enumerate(zip(rows, results)):
+        if row is None:
+          continue
         row.update({f'val_{k}': v for k, v in res.summary().items()}, eval_seconds=t_eval)
-        improved.append(row[BEST] > best[i][BEST])
-        if improved[-1]:
+        improved[i] = row[BEST] > best[i][BEST]
+        if improved[i]:
           best[i] = {'epoch': epoch, 'step': step, BEST: row[BEST]}
       carry = trainee.keep_best(carry, improved)
-      val = rows[0][BEST]
+      val = next(r for r in rows if r is not None)[BEST]
     trainee.save(mngr, epoch, carry, {'epoch': epoch, 'step': step, 'best': best}, val)
     seconds = time.perf_counter() - t0
     for row in rows:
-      row['seconds'] = seconds
-      wd.log_epoch(row)
+      if row is not None:  # a stopped model's rows end where its single run's would
+        row['seconds'] = seconds
+        wd.log_epoch(row)
     epoch_times.append(seconds)
     log.info('%s', trainee.epoch_line(rows, best, np.mean(epoch_times[-5:]) *
                                       (t.epochs - epoch)))
@@ -198,6 +229,10 @@ def run(config, wd, split: Split, step_of, trainee: Trainee, *,
   if stopped_at is not None:
     log.info('early stop after epoch %d: no validation gain in %d epochs (train.patience)',
              stopped_at, t.patience)
+  last = stopped_at or t.epochs
+  best = [{**b, 'stopped_after': b['epoch'] + t.patience}
+          if _stopped(b, last, t.patience) and b['epoch'] + t.patience < t.epochs else b
+          for b in best]
   t1 = time.perf_counter()
   tests = trainee.test(mngr, carry, best) if score_test else [None] * n
   results = trainee.results(best, tests, time.perf_counter() - t1)

@@ -6,7 +6,8 @@ hyperparameters differ: the beta schedule (`config.sweep.mode` over `config.swee
 or any grid of traced knobs (`config.sweep.grid`: the annealing settings, the learning
 rate, and each model's own `hparams` such as dropout_rate, weight_decay or RecVAE's
 gamma). So model m of a sweep is exactly the single run of `model_config(config, point_m)`
-(tests/test_sweep.py). Each phase's step is the single run's, vmapped over a leading
+(tests/test_sweep.py), early stopping included: a model whose patience runs out leaves the
+step and keeps its state while the others train on. Each phase's step is the single run's, vmapped over a leading
 model axis of (parameters, optimizer state, model state, hyperparameters); the step
 counter and each batch are shared, and the batch is still split over 'data'. The epochs
 are vaecf.loop's, as for a single run; evaluation scores a batch for all M models in one
@@ -182,6 +183,27 @@ def stack_states(state, n_models: int):
   return {'step': state['step'], **{k: copies(v) for k, v in _per_model(state).items()}}
 
 
+def _indices(active: list[bool]) -> jax.Array | None:
+  """The models still training, or None when all are."""
+  return None if all(active) else jnp.asarray([i for i, a in enumerate(active) if a])
+
+
+@jax.jit
+def _take(tree, idx):
+  return jax.tree.map(lambda a: a[idx], tree)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _put(tree, idx, part):
+  return jax.tree.map(lambda a, p: a.at[idx].set(p), tree, part)
+
+
+def _spread(values: list, active: list[bool]) -> list:
+  """One entry per model: the active models' values in order, None for the others."""
+  it = iter(values)
+  return [next(it) if a else None for a in active]
+
+
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _keep_best(best_M, params_M, improved_M):
   def pick(b, p):
@@ -247,19 +269,28 @@ class _Sweep:
     return {'states': states, 'best_params': jax.jit(lambda p: jax.tree.map(jnp.copy, p))(
         states['params'])}
 
-  def train_epoch(self, carry, epoch):
-    states, histories = loop.run_phases(self.model, self.phase_steps, self.after_fns,
-                                        carry['states'], self.hparams, self.split,
-                                        self.config, self.mesh, epoch)
-    return ({**carry, 'states': states},
-            loop.epoch_metrics(self.model, histories, len(self.points)))
+  def train_epoch(self, carry, epoch, active):
+    # Models that stopped early are left out of the step (the M' still training are one
+    # smaller sweep, compiled once per M'), so they cost nothing and keep their state.
+    states, idx = carry['states'], _indices(active)
+    hp = self.hparams if idx is None else _take(self.hparams, idx)
+    part = states if idx is None else {'step': states['step'],
+                                       **_take(_per_model(states), idx)}
+    part, histories = loop.run_phases(self.model, self.phase_steps, self.after_fns, part, hp,
+                                      self.split, self.config, self.mesh, epoch)
+    if idx is not None:
+      part = {'step': part['step'], **_put(_per_model(states), idx, _per_model(part))}
+    return ({**carry, 'states': part},
+            _spread(loop.epoch_metrics(self.model, histories, sum(active)), active))
 
-  def _evaluate(self, params_M, which):
+  def _evaluate(self, params_M, which, n_models):
     return evaluation.evaluate_models(self.for_params(params_M), *self.split.heldout(which),
-                                      len(self.points), batch_size=self.eval_batch)
+                                      n_models, batch_size=self.eval_batch)
 
-  def validate(self, carry):
-    return self._evaluate(carry['states']['params'], 'val')
+  def validate(self, carry, active):
+    idx, params = _indices(active), carry['states']['params']
+    return _spread(self._evaluate(params if idx is None else _take(params, idx), 'val',
+                                  sum(active)), active)
 
   def keep_best(self, carry, improved):
     return {**carry, 'best_params': _keep_best(carry['best_params'], carry['states']['params'],
@@ -274,13 +305,14 @@ class _Sweep:
     return list(record['best'])
 
   def test(self, mngr, carry, best):
-    return self._evaluate(carry['best_params'], 'test')
+    return self._evaluate(carry['best_params'], 'test', len(self.points))
 
   def epoch_line(self, rows, best, eta):
-    r = rows[0]
+    r = next(row for row in rows if row is not None)
     return (f'epoch {r["epoch"]}/{self.config.train.epochs} step {r["step"]} | '
             f'{r["seconds"]:.1f}s | val ndcg@100 ' + ' '.join(
-                f'{tag}:{row.get(BEST, math.nan):.4f}' for tag, row in zip(self.tags, rows)))
+                f'{tag}:stopped' if row is None else f'{tag}:{row.get(BEST, math.nan):.4f}'
+                for tag, row in zip(self.tags, rows)))
 
   def results(self, best, tests, seconds):
     c = self.config
@@ -290,6 +322,8 @@ class _Sweep:
         'values': [p[self.primary] for p in self.points], 'points': self.points,
         'models': [{'index': i, 'value': p[self.primary], 'point': p,
                     'best_epoch': b['epoch'], 'best_step': b['step'], BEST: b[BEST],
+                    **({'stopped_after_epoch': b['stopped_after']} if 'stopped_after' in b
+                       else {}),
                     **({'test': t.summary(), 'n_test_users': t.n_users} if t else {})}
                    for i, (p, b, t) in enumerate(zip(self.points, best, tests))],
         'test_eval_seconds': seconds,

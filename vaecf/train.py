@@ -114,12 +114,14 @@ class _Single:
     return jax.jit(lambda k: steps.init_state(self.model, self.optimizer, k),
                    out_shardings=distributed.replicated(self.mesh))(self.init_key)
 
-  def train_epoch(self, state, epoch):
+  def train_epoch(self, state, epoch, active):
+    del active  # one model: the loop ends when it stops
     state, histories = loop.run_phases(self.model, self.phase_steps, self.after_fns, state,
                                        self.hparams, self.split, self.config, self.mesh, epoch)
     return state, loop.epoch_metrics(self.model, histories)
 
-  def validate(self, state):
+  def validate(self, state, active):
+    del active
     return [evaluate_params(self.for_params, self.eval_batch, state['params'], self.split,
                             'val')]
 
