@@ -28,6 +28,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vaecf import checkpoints, distributed, evaluate as evaluation, input_pipeline, loop, models, steps, train
@@ -183,9 +184,10 @@ def stack_states(state, n_models: int):
   return {'step': state['step'], **{k: copies(v) for k, v in _per_model(state).items()}}
 
 
-def _indices(active: list[bool]) -> jax.Array | None:
-  """The models still training, or None when all are."""
-  return None if all(active) else jnp.asarray([i for i, a in enumerate(active) if a])
+def _indices(active: list[bool]) -> np.ndarray | None:
+  """The models still training, or None when all are (a host array: every process of a
+  multi-host run passes the same one)."""
+  return None if all(active) else np.asarray([i for i, a in enumerate(active) if a])
 
 
 @jax.jit
