@@ -14,6 +14,10 @@ constant_beta, total_anneal_steps, learning_rate and the model's own hparams
 (multvae/multdae: dropout_rate, weight_decay; recvae: gamma); the models are their
 product. Writes DIR/sweep.json, DIR/sweep.md,
 DIR/metrics.jsonl (a row per epoch and model) and the plots; resumes after a kill.
+A grid may also name settings that change shapes (latent_dim, hidden_dims as the width
+of every hidden layer, a model's own such as n_pseudo_inputs): the points are grouped by
+shape and each group is its own sweep in DIR/<knob>=<value>/ (vaecf.sweep_groups), with
+the merged DIR/sweep.json and DIR/sweep.md over all of them.
 --models_per_pass=k vmaps k models at a time and loops over the chunks (same
 results; on XLA:CPU the vmapped sparse layer's batched scatters are slow, so k=1
 is fastest there). --benchmark_epochs=N first times N epochs (training and
@@ -31,7 +35,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf import console, distributed, evaluate as evaluation, input_pipeline, models, steps, sweep, train
+from vaecf import (console, distributed, evaluate as evaluation, input_pipeline, models, steps,
+                   sweep, sweep_groups, train)
 from vaecf.tools import plots
 from vaecf.data import load_split
 
@@ -152,6 +157,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.setup()
   config, workdir = FLAGS.config, Path(FLAGS.workdir)
+  shapes = sweep_groups.shape_knobs(config, sweep.grid_points(config))
+  if shapes and FLAGS.benchmark_epochs:
+    raise app.UsageError(f'--benchmark_epochs times one shape: drop {shapes} from the grid')
   split, _ = load_split(config.data)
   if FLAGS.benchmark_epochs:
     ways = tuple(int(k) or None for k in FLAGS.benchmark_models_per_pass)
@@ -161,14 +169,18 @@ def main(argv):
     print(json.dumps(bench, indent=2))
   if not FLAGS.train:
     return
-  results = sweep.train_sweep(config, workdir, split=split,
-                              models_per_pass=sweep.resolve_models_per_pass(
-                                  FLAGS.models_per_pass))
+  per_pass = sweep.resolve_models_per_pass(FLAGS.models_per_pass)
+  if shapes:
+    results = sweep_groups.train_groups(config, workdir, split=split, models_per_pass=per_pass)
+    plotted = [Path(g['workdir']) for g in results['groups']]
+  else:
+    results = sweep.train_sweep(config, workdir, split=split, models_per_pass=per_pass)
+    plotted = [workdir]
   table = markdown(results)
   (workdir / 'sweep.md').write_text(table + '\n')
   print(table)
   try:
-    for path in plots.plot_workdir(workdir):
+    for path in (p for wd in plotted for p in plots.plot_workdir(wd)):
       print(path)
   except plots.MissingMatplotlib as e:
     log.warning('%s', e)

@@ -12,7 +12,8 @@ model axis of (parameters, optimizer state, model state, hyperparameters); the s
 counter and each batch are shared, and the batch is still split over 'data'. The epochs
 are vaecf.loop's, as for a single run; evaluation scores a batch for all M models in one
 pass (vaecf.evaluate.evaluate_models). Settings that change shapes (hidden_dims,
-latent_dim) cannot share a step: run them as separate sweeps (experiments.tune does).
+latent_dim) cannot share a step: they run as separate sweeps, one per shape
+(vaecf.sweep_groups, which the `experiments.sweep` command uses).
 
 It is over 300 lines because the sweep's pieces (the knobs and their config keys, the
 vmapped phase steps and hooks, the M-model scorer and the loop's trainee) only make sense
@@ -88,7 +89,8 @@ def check_traceable(config, model: models.Model, points: list[dict]) -> None:
       raise ConfigError(
           f'sweep knob {knob!r} is not a traced hyperparameter of {model.name!r} (traced: '
           f'{sorted(traced)}); settings that change shapes, such as hidden_dims or '
-          'latent_dim, run as separate sweeps')
+          'latent_dim, run as separate sweeps (python -m experiments.sweep makes one per '
+          'shape)')
     if knob == 'learning_rate' and model.optimizers is not None:
       raise ConfigError(f'{model.name!r} declares its own optimizers, whose learning rates '
                         'the config does not set: learning_rate cannot be swept')

@@ -1,0 +1,119 @@
+"""A sweep whose grid also names settings that change shapes: one vmapped sweep per shape.
+
+Knobs that change a parameter's shape (`latent_dim`, `hidden_dims`, H+Vamp's
+`n_pseudo_inputs`, ...) cannot share a jitted step, so the grid's points are grouped by
+their values of those knobs and each group is an ordinary vaecf.sweep over the traced
+knobs, in DIR/<knob>=<value>[,...]/ (resumable on its own). A group with no traced knob
+left is a sweep of one model: the single run. The groups' results are merged into one
+record whose models carry their whole point, their group's workdir and their index there.
+
+`hidden_dims=v` sets every hidden layer to width v, keeping the depth of the config's
+`model.hidden_dims` (which must then be set, so that the depth is stated).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from vaecf import models, sweep, train
+from vaecf.common import atomic_write
+from vaecf.config import ConfigError
+from vaecf.data.types import Split
+
+log = logging.getLogger(__name__)
+
+
+def shape_knobs(config, points: list[dict]) -> list[str]:
+  """The knobs of `points` that are settings of config.model but not traced by its step."""
+  if not points:
+    return []
+  train.import_model_module(config)
+  model = models.build(config, 2)
+  traced = set(sweep.TRAIN_KNOBS) | set(model.hparams)
+  return [k for k in points[0] if k not in traced and k in config.model]
+
+
+def _set(c, knob: str, value: float) -> None:
+  current = c.model[knob]
+  if knob == 'hidden_dims':
+    if current is None:
+      raise ConfigError('a sweep of hidden_dims sets the width of every hidden layer: set '
+                        'config.model.hidden_dims (e.g. (600,)) so that the depth is stated')
+    width = _integer(knob, value)
+    c.model.hidden_dims = (width,) * len(current)
+  elif isinstance(current, bool) or not isinstance(current, (int, float)):
+    raise ConfigError(f'sweep knob {knob!r}: config.model.{knob}={current!r} is not a number')
+  else:
+    c.model[knob] = _integer(knob, value) if isinstance(current, int) else float(value)
+
+
+def _integer(knob: str, value: float) -> int:
+  if value != round(value) or value < 1:
+    raise ConfigError(f'sweep knob {knob!r}={value:g}: a shape must be a whole number >= 1')
+  return int(round(value))
+
+
+def shape_config(config, shape: dict[str, float]):
+  """`config` with the shape settings of one group."""
+  c = config.copy_and_resolve_references()
+  for knob, value in shape.items():
+    _set(c, knob, value)
+  return c
+
+
+def group_name(shape: dict[str, float]) -> str:
+  return ','.join(f'{k}={v:g}' for k, v in shape.items())
+
+
+def groups(config, points: list[dict]) -> list[tuple[dict, list[dict], list[int]]]:
+  """[(shape point, the group's traced points, their indices in `points`)], in the order
+  the shapes first appear. A group without traced knobs gets one point of
+  config.sweep.mode's knob at the config's value (a sweep of one model)."""
+  names = shape_knobs(config, points)
+  out: dict[str, tuple[dict, list[dict], list[int]]] = {}
+  for i, p in enumerate(points):
+    shape = {k: p[k] for k in names}
+    entry = out.setdefault(json.dumps(shape), (shape, [], []))
+    entry[1].append({k: v for k, v in p.items() if k not in names})
+    entry[2].append(i)
+  mode_knob = sweep.MODE_KNOBS[config.sweep.mode]
+  default = {mode_knob: float(config.train[sweep.TRAIN_KNOBS[mode_knob]])}
+  return [(s, [q or default for q in qs], idx) for s, qs, idx in out.values()]
+
+
+def train_groups(config, workdir: str | Path, *, split: Split,
+                 models_per_pass: int | None = None, points: list[dict] | None = None
+                 ) -> dict:
+  """Every group's sweep (each resumes itself); returns and writes the merged
+  DIR/sweep.json. Every group's config is built before anything trains, so a bad
+  shape is named before any workdir is written."""
+  workdir = Path(workdir)
+  points = sweep.grid_points(config) if points is None else [dict(p) for p in points]
+  plan = groups(config, points)
+  configs = []
+  for shape, traced, _ in plan:
+    c = shape_config(config, shape)
+    model = models.build(c, split.n_items)
+    sweep.check_traceable(c, model, traced)
+    configs.append(c)
+  merged: list[dict | None] = [None] * len(points)
+  group_records = []
+  for (shape, traced, idx), c in zip(plan, configs):
+    sub = workdir / group_name(shape)
+    log.info('shape group %s: %d model(s) in %s', group_name(shape) or '-', len(traced), sub)
+    res = sweep.train_sweep(c, sub, split=split, points=traced,
+                            models_per_pass=models_per_pass)
+    group_records.append({'shape': shape, 'workdir': str(sub), 'points': traced,
+                          'test_eval_seconds': res['test_eval_seconds']})
+    for m, i in zip(res['models'], idx):
+      merged[i] = {**m, 'point': points[i], 'value': points[i][next(iter(points[i]))],
+                   'workdir': str(sub)}  # 'index': its place in that group's sweep
+  first = points[0]
+  results = {'model': config.model.name, 'dataset': config.data.name, 'mode': 'grid',
+             'knob': next(iter(first)), 'values': [p[next(iter(first))] for p in points],
+             'points': points, 'models': merged, 'groups': group_records,
+             'test_eval_seconds': sum(g['test_eval_seconds'] for g in group_records)}
+  workdir.mkdir(parents=True, exist_ok=True)
+  atomic_write(workdir / 'sweep.json', json.dumps(results, indent=2))
+  return results
