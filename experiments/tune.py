@@ -328,7 +328,14 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
   for name in model_names:
     entry = state['models'].setdefault(name, {'rounds': []})
     if 'test' in entry:
-      continue
+      if not _budget_cut(entry) or budget <= entry['budget']:
+        continue  # converged, or no more points to give it
+      # Its search ended on the budget: a larger one goes on from the recorded rounds. The
+      # earlier choice and its test stay on record, since test users were scored for it.
+      log.info('%s: its tune stopped at a budget of %d points; going on to %d', name,
+               entry['budget'], budget)
+      entry.setdefault('earlier', []).append(
+          {k: entry.pop(k) for k in ('budget', 'chosen', 'test', METRIC) if k in entry})
     entry['budget'] = budget  # models of one folder may be tuned by calls with other budgets
     t0 = time.perf_counter() - entry.get('seconds', 0.0)
 
@@ -358,6 +365,12 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
              entry[METRIC], final['test']['ndcg@100'])
   atomic_write(workdir / 'tune.md', markdown(state) + '\n')
   return state
+
+
+def _budget_cut(entry: dict) -> bool:
+  """Whether a finished search ended on its budget (it had proposals left) rather than by
+  converging: the search stops only when every knob is idle or the budget is spent."""
+  return entry.get('points', 0) >= entry.get('budget', math.inf)
 
 
 def markdown(state: dict) -> str:

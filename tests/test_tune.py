@@ -66,3 +66,26 @@ def test_a_killed_and_resumed_tune_ends_with_the_same_choice(tmp_path, embedded_
                                                       'learning_rate'}
   table = (tmp_path / 'killed' / 'tune.md').read_text()
   assert '| ease | lam ' in table and '| multvae | anneal_cap ' in table
+
+
+def test_a_larger_budget_goes_on_from_a_search_the_budget_cut(tmp_path, embedded_split):
+  c = small_config(tmp_path)
+  fresh = tune.run(c, tmp_path / 'fresh', ['ease'], budget=5, split=embedded_split)['models']
+  cut = tune.run(c, tmp_path / 'grown', ['ease'], budget=3, split=embedded_split)['models']
+  assert cut['ease']['points'] == 3 and tune._budget_cut(cut['ease'])
+  first = {k: cut['ease'][k] for k in ('chosen', 'test')}
+  grown = tune.run(c, tmp_path / 'grown', ['ease'], budget=5, split=embedded_split)['models']
+  a, b = fresh['ease'], grown['ease']
+  assert b['points'] == a['points'] == 5 and b['budget'] == 5
+  assert a['chosen'] == b['chosen'] and a['test'] == pytest.approx(b['test'])
+  assert [r['points'] for r in a['rounds']] == [r['points'] for r in b['rounds']]
+  # The earlier choice's test was scored, so it stays on record.
+  assert [{k: e[k] for k in ('budget', 'chosen', 'test')} for e in b['earlier']] == [
+      {'budget': 3, **first}]
+  # Converged, or given no more points: a rerun leaves the record as it is.
+  again = tune.run(c, tmp_path / 'grown', ['ease'], budget=5, split=embedded_split)['models']
+  assert again['ease'] == b
+  done = tune.run(c, tmp_path / 'conv', ['ease'], budget=30, split=embedded_split)['models']
+  assert done['ease']['points'] < 30 and not tune._budget_cut(done['ease'])  # converged
+  more = tune.run(c, tmp_path / 'conv', ['ease'], budget=60, split=embedded_split)['models']
+  assert more['ease'] == done['ease']
