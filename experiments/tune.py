@@ -138,6 +138,17 @@ def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float
     recorded = next(replay, None)
     if recorded is not None and recorded['points'] == points:
       round_ = recorded
+    elif recorded is not None and recorded['points'] == points[:len(recorded['points'])]:
+      # An earlier call's budget cut this round (only ever the last): evaluate the rest.
+      replay = iter(())
+      t0 = time.perf_counter()
+      details = evaluate_round(points[len(recorded['points']):])
+      round_ = {**recorded, 'points': points,
+                'scores': recorded['scores'] + [d[METRIC] for d in details],
+                'details': [{**d, 'sweep_models': len(recorded['points'])}
+                            if 'workdir' in d and 'sweep_models' not in d else d
+                            for d in recorded['details']] + details,  # (a trained round's)
+                'seconds': recorded['seconds'] + time.perf_counter() - t0}
     else:
       replay = iter(())  # the history diverges here: evaluate anew from now on
       t0 = time.perf_counter()
@@ -213,12 +224,12 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
     # Each epoch's wall time once (models that stopped early have no rows after it).
     seconds = sum({r['epoch']: r['seconds'] for r in read_metrics(sub)}.values())
     return [{METRIC: m[METRIC], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
-             'index': m['index'], 'sweep_seconds': seconds} for m in res['models']]
+             'index': m['index'], 'sweep_models': len(points), 'sweep_seconds': seconds}
+            for m in res['models']]
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
   detail = _detail_of(best, done)
   # Test once: the chosen model's best-by-validation parameters, from its round's sweep.
-  score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail,
-                                         len(_round_of(best, done)['points']))
+  score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail, done)
   t0 = time.perf_counter()
   test = evaluate.evaluate(score_fn, *split.heldout('test'), batch_size=batch)
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
@@ -228,10 +239,14 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
                                 'epochs': c.train.epochs, 'patience': c.train.patience}}
 
 
-def _sweep_member_scorer(c, model, n_items: int, detail: dict, n_models: int):
+def _sweep_member_scorer(c, model, n_items: int, detail: dict, rounds: list[dict]):
   """(score_fn, batch size) of model `detail['index']` of a round's sweep, at its best
   validation epoch."""
   mesh = distributed.make_mesh()
+  # A round grown by a larger budget holds points of two sweeps; older records lack
+  # 'sweep_models', and there a round is one sweep.
+  n_models = detail.get('sweep_models') or len(next(
+      r for r in rounds if detail in r['details'])['points'])
   params_M = sweep.restore_best_params(Path(detail['workdir']), c, n_items, mesh,
                                        n_models=n_models)
   params = jax.tree.map(lambda a: a[detail['index']], params_M)
@@ -259,8 +274,7 @@ def chosen_scorer(name: str, workdir: str | Path, split, state: dict | None = No
   c = load_config(Path(detail['workdir']))  # the config the round trained under
   train.import_model_module(c)
   model = models.build(c, split.n_items)
-  return _sweep_member_scorer(c, model, split.n_items, detail,
-                              len(_round_of(entry['chosen'], entry['rounds'])['points']))
+  return _sweep_member_scorer(c, model, split.n_items, detail, entry['rounds'])
 
 
 def _round_of(point, rounds):

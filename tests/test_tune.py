@@ -45,6 +45,27 @@ def test_the_budget_bounds_the_points_tried():
   assert sum(len(r['points']) for r in rounds) == 7
 
 
+def test_a_round_an_earlier_budget_cut_is_finished_without_evaluating_its_points_again():
+  knobs = [tune.Knob('lam', (10.0, 100.0, 1000.0)), tune.Knob('alpha', (1e-4, 1e-3))]
+  objective = _objective({'lam': 300.0, 'alpha': 2e-4})
+  evaluated = []
+
+  def counting(points):
+    evaluated.extend(points)
+    return objective(points)
+  base = tune.base_point(knobs)
+  _, cut = tune.search(knobs, counting, budget=2, base=base)
+  assert [len(r['points']) for r in cut] == [2]  # the budget cut the first grid
+  fresh = tune.search(knobs, objective, budget=9, base=base)
+  evaluated.clear()
+  grown = tune.search(knobs, counting, budget=9, base=base, rounds=cut)
+  assert grown[0] == fresh[0]
+  for key in ('points', 'scores'):
+    assert [r[key] for r in grown[1]] == [r[key] for r in fresh[1]]
+  assert not any(p in evaluated for p in cut[0]['points'])  # recorded points reused
+  assert len(evaluated) == sum(len(r['points']) for r in fresh[1]) - 2
+
+
 @pytest.mark.slow
 def test_a_killed_and_resumed_tune_ends_with_the_same_choice(tmp_path, embedded_split):
   c = small_config(tmp_path)
@@ -89,3 +110,22 @@ def test_a_larger_budget_goes_on_from_a_search_the_budget_cut(tmp_path, embedded
   assert done['ease']['points'] < 30 and not tune._budget_cut(done['ease'])  # converged
   more = tune.run(c, tmp_path / 'conv', ['ease'], budget=60, split=embedded_split)['models']
   assert more['ease'] == done['ease']
+
+
+def test_a_trained_round_grown_by_a_larger_budget_serves_each_of_its_points(tmp_path,
+                                                                           embedded_split):
+  from vaecf import evaluate
+  c = small_config(tmp_path)
+  c.train.epochs = 1
+  tune.run(c, tmp_path, ['multvae'], budget=2, split=embedded_split)  # cuts the cap grid
+  entry = tune.run(c, tmp_path, ['multvae'], budget=3, split=embedded_split)['models'][
+      'multvae']
+  first = entry['rounds'][0]
+  assert len(first['points']) == 3 and len({d['workdir'] for d in first['details']}) == 2
+  assert [d['sweep_models'] for d in first['details']] == [2, 2, 1]
+  for point, detail in zip(first['points'], first['details']):  # each from its own sweep
+    state = {**entry, 'chosen': point}
+    score_fn, batch = tune.chosen_scorer('multvae', tmp_path, embedded_split,
+                                         {'models': {'multvae': state}})
+    val = evaluate.evaluate(score_fn, *embedded_split.heldout('val'), batch_size=batch)
+    assert val.summary()['ndcg@100'] == pytest.approx(detail[tune.METRIC], rel=1e-5)
