@@ -7,13 +7,13 @@ or any grid of traced knobs (`config.sweep.grid`: the annealing settings, the le
 rate, and each model's own `hparams` such as dropout_rate, weight_decay or RecVAE's
 gamma). So model m of a sweep is exactly the single run of `model_config(config, point_m)`
 (tests/test_sweep.py), early stopping included: a model whose patience runs out leaves the
-step and keeps its state while the others train on. Each phase's step is the single run's, vmapped over a leading
-model axis of (parameters, optimizer state, model state, hyperparameters); the step
-counter and each batch are shared, and the batch is still split over 'data'. The epochs
-are vaecf.loop's, as for a single run; evaluation scores a batch for all M models in one
-pass (vaecf.evaluate.evaluate_models). Settings that change shapes (hidden_dims,
-latent_dim) cannot share a step: they run as separate sweeps, one per shape
-(vaecf.sweep_groups, which the `experiments.sweep` command uses).
+step and keeps its state while the others train on. Each phase's step is the single
+run's, vmapped over a leading model axis of (parameters, optimizer state, model state,
+hyperparameters); the step counter and each batch are shared, and the batch is still
+split over 'data'. The epochs are vaecf.loop's, as for a single run; evaluation scores a
+batch for all M models in one pass (vaecf.evaluate.evaluate_models). Settings that change
+shapes (hidden_dims, latent_dim) cannot share a step: they run as separate sweeps, one per
+shape (vaecf.sweep_groups, which the `experiments.sweep` command uses).
 
 It is over 300 lines because the sweep's pieces (the knobs and their config keys, the
 vmapped phase steps and hooks, the M-model scorer and the loop's trainee) only make sense
