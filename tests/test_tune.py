@@ -129,3 +129,11 @@ def test_a_trained_round_grown_by_a_larger_budget_serves_each_of_its_points(tmp_
                                          {'models': {'multvae': state}})
     val = evaluate.evaluate(score_fn, *embedded_split.heldout('val'), batch_size=batch)
     assert val.summary()['ndcg@100'] == pytest.approx(detail[tune.METRIC], rel=1e-5)
+  # A round's sweep opens without being told its size (its points are not in its config).
+  import jax
+  from vaecf import distributed, sweep
+  from vaecf.workdir import load_config
+  for detail in first['details']:
+    params = sweep.restore_best_params(detail['workdir'], load_config(detail['workdir']),
+                                       embedded_split.n_items, distributed.make_mesh())
+    assert jax.tree.leaves(params)[0].shape[0] == detail['sweep_models']

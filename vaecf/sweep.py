@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import math
 from pathlib import Path
@@ -371,12 +372,17 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
 def restore_best_params(workdir: str | Path, config, n_items: int, mesh,
                         n_models: int | None = None):
   """The best-by-validation parameters of every model of a finished sweep: [M, ...]
-  (M: the config's grid, unless given)."""
+  (M, unless given: the points its sweep.json lists, which a tuner's round does not put
+  in the config, else the config's grid)."""
+  if n_models is None:
+    record = Path(workdir) / 'sweep.json'
+    n_models = (len(json.loads(record.read_text())['points']) if record.exists() else
+                len(grid_points(config)))
   model = models.build(config, n_items)
   optimizer = steps.make_optimizer(config)
   state = checkpoints.abstract_replicated(
-      lambda: stack_states(steps.init_state(model, optimizer, jax.random.key(0)),
-                           n_models or len(grid_points(config))), mesh)
+      lambda: stack_states(steps.init_state(model, optimizer, jax.random.key(0)), n_models),
+      mesh)
   mngr = checkpoints.manager(Path(workdir), config.train.keep_latest)
   abstract = {'states': state, 'best_params': state['params']}
   restored, _ = checkpoints.restore(mngr, mngr.latest_step(), abstract)

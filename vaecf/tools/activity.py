@@ -97,7 +97,7 @@ def evaluate_workdir(workdir: Path, name: str, split, mesh, trust_code: bool = F
     for_params, batch = sweep.make_sweep_scorer(model, mesh, config.train.eval_batch_size)
     res = evaluation.evaluate_models(for_params(params_M), *split.heldout('test'),
                                      len(summary['models']), batch_size=batch)
-    expected = [m['test'] for m in summary['models']]
+    expected = [m.get('test', {}) for m in summary['models']]  # a tune round has none
     labels = [f'{name} [{summary.get("knob", summary["mode"])}={v:g}]'
               for v in summary['values']]
   else:
