@@ -112,6 +112,7 @@ def test_a_larger_budget_goes_on_from_a_search_the_budget_cut(tmp_path, embedded
   assert more['ease'] == done['ease']
 
 
+@pytest.mark.slow
 def test_a_trained_round_grown_by_a_larger_budget_serves_each_of_its_points(tmp_path,
                                                                            embedded_split):
   from vaecf import evaluate
