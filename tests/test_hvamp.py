@@ -265,3 +265,29 @@ def test_trains_and_serves_through_the_recommender(tmp_path, split):
   exported = serving.load_exported(serving.export(rec, tmp_path / 'export', platforms=('cpu',)))
   np.testing.assert_allclose(exported.scores(x), rec.scores(x), rtol=1e-5, atol=1e-5)
   assert exported.recommend(hist, n=10).items == got.items
+
+
+@pytest.mark.slow
+def test_a_sweep_over_the_number_of_pseudo_inputs_runs_one_model_per_count(tmp_path, split):
+  # The count is a shape, so each value is its own group (vaecf.sweep_groups): how the
+  # count is chosen on validation. Beta is 0 at the first step, so the prior (and the
+  # count) only acts from the second.
+  from vaecf import sweep_groups
+  c = hvamp_config(tmp_path)
+  c.train.epochs = 3
+  c.sweep.grid = 'n_pseudo_inputs=4,7'
+  res = sweep_groups.train_groups(c, tmp_path / 'groups', split=split)
+  assert [m['point'] for m in res['models']] == [{'n_pseudo_inputs': 4.0},
+                                                 {'n_pseudo_inputs': 7.0}]
+  single = train.train_and_evaluate(c, tmp_path / 'single', split=split)  # 7, as in NET
+  assert res['models'][1]['val_ndcg@100'] == pytest.approx(single['val_ndcg@100'], rel=1e-5)
+  from vaecf import sweep
+  from vaecf.workdir import load_config, read_metrics
+  for m, count in zip(res['models'], (4, 7)):
+    params = sweep.restore_best_params(m['workdir'], load_config(m['workdir']),
+                                       split.n_items, distributed.make_mesh())
+    means = [a for path, a in jax.tree_util.tree_leaves_with_path(params)
+             if 'means' in jax.tree_util.keystr(path)]
+    assert [a.shape for a in means] == [(1, count, split.n_items)]
+  losses = [read_metrics(m['workdir'])[-1]['train_loss'] for m in res['models']]
+  assert losses[0] != losses[1]  # the prior differs once beta is above 0
