@@ -17,7 +17,7 @@ DIR/metrics.jsonl (a row per epoch and model) and the plots; resumes after a kil
 A grid may also name settings that change shapes (latent_dim, hidden_dims as the width
 of every hidden layer, a model's own such as n_pseudo_inputs): the points are grouped by
 shape and each group is its own sweep in DIR/<knob>=<value>/ (vaecf.sweep_groups), with
-the merged DIR/sweep.json and DIR/sweep.md over all of them.
+the merged DIR/groups.json and DIR/sweep.md over all of them.
 --models_per_pass=k vmaps k models at a time and loops over the chunks (same
 results; on XLA:CPU the vmapped sparse layer's batched scatters are slow, so k=1
 is fastest there). --benchmark_epochs=N first times N epochs (training and

@@ -164,6 +164,22 @@ def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float
   return best, out
 
 
+class _MoreWanted(Exception):
+  pass
+
+
+def converged(knobs: list[Knob], rounds: list[dict], base: dict[str, float]) -> bool:
+  """Whether the search that made `rounds` had nothing left to propose (it stopped by
+  converging, not on its budget): its replay with no budget asks for no new point."""
+  def more(points):
+    raise _MoreWanted
+  try:
+    search(knobs, more, 10 ** 9, base, rounds)
+  except _MoreWanted:
+    return False
+  return True
+
+
 # -- spaces --------------------------------------------------------------------------------
 
 def trained_space(config, model: models.Model) -> list[Knob]:
@@ -228,6 +244,7 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
             for m in res['models']]
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
   detail = _detail_of(best, done)
+  done_searching = converged(knobs, done, base_point(knobs))
   # Test once: the chosen model's best-by-validation parameters, from its round's sweep.
   score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail, done)
   t0 = time.perf_counter()
@@ -235,6 +252,7 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
                       'best_epoch': detail['best_epoch'], 'workdir': detail['workdir'],
                       'index': detail['index'], 'test_seconds': time.perf_counter() - t0,
+                      'converged': done_searching,
                       'fixed': {'total_anneal_steps': c.train.total_anneal_steps,
                                 'epochs': c.train.epochs, 'patience': c.train.patience}}
 
@@ -306,14 +324,15 @@ def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round
                   'eval_seconds': time.perf_counter() - t1})
     return out
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
+  done_searching = converged(knobs, done, base_point(knobs))
   t0 = time.perf_counter()
   fitted = baselines.fit(name, split.train, {**fixed, **best}, validation=val_set)
   baselines.save(workdir / name / 'best', name, fitted.hparams, fitted.arrays, split.item_ids,
                  {**fitted.info, 'tuned_point': best})
   test = evaluate.evaluate(fitted.score_fn, *split.heldout('test'))
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
-                      'hparams': fitted.hparams, 'refit_and_test_seconds':
-                      time.perf_counter() - t0}
+                      'hparams': fitted.hparams, 'converged': done_searching,
+                      'refit_and_test_seconds': time.perf_counter() - t0}
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -383,7 +402,10 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
 
 def _budget_cut(entry: dict) -> bool:
   """Whether a finished search ended on its budget (it had proposals left) rather than by
-  converging: the search stops only when every knob is idle or the budget is spent."""
+  converging. Records older than 'converged' tell by their count: a search that spent its
+  whole budget is taken as cut."""
+  if 'converged' in entry:
+    return not entry['converged']
   return entry.get('points', 0) >= entry.get('budget', math.inf)
 
 

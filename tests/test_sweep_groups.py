@@ -23,8 +23,15 @@ def test_points_group_by_shape_in_order_and_a_shape_only_group_is_one_model(tmp_
   assert [q for _, q, _ in only] == [[{'anneal_cap': c.train.anneal_cap}]] * 2
   assert sweep_groups.shape_config(c, {'hidden_dims': 16.0}).model.hidden_dims == (16, 16)
   assert sweep_groups.shape_config(c, {'latent_dim': 4.0}).model.latent_dim == 4
-  assert sweep_groups.group_name({'latent_dim': 4.0, 'hidden_dims': 16.0}) == (
+  assert sweep_groups.group_name({'latent_dim': 4, 'hidden_dims': 16}) == (
       'latent_dim=4,hidden_dims=16')
+  assert sweep_groups.group_name({'x': 1234567.0}) != sweep_groups.group_name({'x': 1234568.0})
+  # The value a setting takes names its group: 8 and 8.0 are one shape, in one folder.
+  same = sweep_groups.groups(c, [{'latent_dim': 8}, {'latent_dim': 8.0}])
+  assert [(s, i) for s, _, i in same] == [({'latent_dim': 8}, [0, 1])]
+  c.sweep.mode, c.train.constant_beta = 'constant', None  # a shape-only group needs neither
+  assert [q for _, q, _ in sweep_groups.groups(c, [{'latent_dim': 4.0}])] == [
+      [{'anneal_cap': c.train.anneal_cap}]]
 
 
 @pytest.mark.parametrize('grid,match', [
@@ -41,12 +48,14 @@ def test_a_bad_shape_is_named_before_any_workdir_is_written(tmp_path, embedded_s
   assert not (tmp_path / 'groups').exists()
 
 
-def test_a_hidden_width_sweep_needs_the_depth_stated(tmp_path, embedded_split):
+@pytest.mark.parametrize('dims', [None, ()])
+def test_a_hidden_width_sweep_needs_the_depth_stated(tmp_path, embedded_split, dims):
   c = small_config(tmp_path)
-  c.model.hidden_dims = None
+  c.model.hidden_dims = dims  # (): no hidden layer, so every width would be the same model
   c.sweep.grid = 'hidden_dims=16,32'
   with pytest.raises(ConfigError, match='set config.model.hidden_dims'):
     sweep_groups.train_groups(c, tmp_path / 'groups', split=embedded_split)
+  assert not (tmp_path / 'groups').exists()
 
 
 @pytest.mark.slow
@@ -55,7 +64,10 @@ def test_each_model_of_a_grouped_sweep_equals_its_single_run(tmp_path, embedded_
   c = small_config(tmp_path)
   c.sweep.grid = 'latent_dim=8,4;learning_rate=1e-2,2e-3'
   res = sweep_groups.train_groups(c, tmp_path / 'groups', split=embedded_split)
-  assert json.loads((tmp_path / 'groups' / 'sweep.json').read_text()) == res
+  assert json.loads((tmp_path / 'groups' / 'groups.json').read_text()) == res
+  from vaecf.tools import plots
+  with pytest.raises(ValueError, match=r"grouped by shape.*'latent_dim=4', 'latent_dim=8'"):
+    plots.plot_workdir(tmp_path / 'groups')
   assert [m['point'] for m in res['models']] == sweep.grid_points(c)
   assert [g['workdir'].rsplit('/', 1)[1] for g in res['groups']] == ['latent_dim=8',
                                                                        'latent_dim=4']

@@ -64,6 +64,13 @@ def test_a_round_an_earlier_budget_cut_is_finished_without_evaluating_its_points
     assert [r[key] for r in grown[1]] == [r[key] for r in fresh[1]]
   assert not any(p in evaluated for p in cut[0]['points'])  # recorded points reused
   assert len(evaluated) == sum(len(r['points']) for r in fresh[1]) - 2
+  assert not tune.converged(knobs, cut, base) and not tune.converged(knobs, grown[1], base)
+  assert tune.converged(knobs, tune.search(knobs, objective, budget=200, base=base)[1], base)
+  # A trained round recorded before details said their sweep's size is told it on growing.
+  old = [{**cut[0], 'details': [{tune.METRIC: sc, 'workdir': 'round-a', 'index': i}
+                                for i, sc in enumerate(cut[0]['scores'])]}]
+  regrown = tune.search(knobs, objective, budget=9, base=base, rounds=old)[1][0]
+  assert [d.get('sweep_models') for d in regrown['details']] == [2, 2, None]
 
 
 @pytest.mark.slow

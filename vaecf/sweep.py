@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 import math
 from pathlib import Path
@@ -276,7 +275,8 @@ class _Sweep:
 
   def train_epoch(self, carry, epoch, active):
     # Models that stopped early are left out of the step (the M' still training are one
-    # smaller sweep, compiled once per M'), so they cost nothing and keep their state.
+    # smaller sweep, compiled once per M'), so they cost nothing and keep their state. The
+    # M' copies live beside the M states for the epoch: (M + M') / M of their memory.
     states, idx = carry['states'], _indices(active)
     hp = self.hparams if idx is None else _take(self.hparams, idx)
     part = states if idx is None else {'step': states['step'],
@@ -371,19 +371,19 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
 
 def restore_best_params(workdir: str | Path, config, n_items: int, mesh,
                         n_models: int | None = None):
-  """The best-by-validation parameters of every model of a finished sweep: [M, ...]
-  (M, unless given: the points its sweep.json lists, which a tuner's round does not put
-  in the config, else the config's grid)."""
+  """The best-by-validation parameters of every model of a sweep: [M, ...] (M, unless
+  given: the models its latest checkpoint records, since a tuner's round does not put
+  its points in the config)."""
+  mngr = checkpoints.manager(Path(workdir), config.train.keep_latest)
+  if mngr.latest_step() is None:
+    raise checkpoints.CheckpointError(f'{workdir} holds no sweep checkpoint')
   if n_models is None:
-    record = Path(workdir) / 'sweep.json'
-    n_models = (len(json.loads(record.read_text())['points']) if record.exists() else
-                len(grid_points(config)))
+    n_models = len(checkpoints.record_at(mngr, mngr.latest_step())['best'])
   model = models.build(config, n_items)
   optimizer = steps.make_optimizer(config)
   state = checkpoints.abstract_replicated(
       lambda: stack_states(steps.init_state(model, optimizer, jax.random.key(0)), n_models),
       mesh)
-  mngr = checkpoints.manager(Path(workdir), config.train.keep_latest)
   abstract = {'states': state, 'best_params': state['params']}
   restored, _ = checkpoints.restore(mngr, mngr.latest_step(), abstract)
   return restored['best_params']

@@ -5,7 +5,8 @@ Knobs that change a parameter's shape (`latent_dim`, `hidden_dims`, H+Vamp's
 their values of those knobs and each group is an ordinary vaecf.sweep over the traced
 knobs, in DIR/<knob>=<value>[,...]/ (resumable on its own). A group with no traced knob
 left is a sweep of one model: the single run. The groups' results are merged into one
-record whose models carry their whole point, their group's workdir and their index there.
+record, DIR/groups.json, whose models carry their whole point, their group's workdir and
+their index there.
 
 `hidden_dims=v` sets every hidden layer to width v, keeping the depth of the config's
 `model.hidden_dims` (which must then be set, so that the depth is stated).
@@ -22,6 +23,7 @@ from vaecf.config import ConfigError
 from vaecf.data.types import Split
 
 log = logging.getLogger(__name__)
+GROUPS_FILE = 'groups.json'
 
 
 def shape_knobs(config, points: list[dict]) -> list[str]:
@@ -34,21 +36,19 @@ def shape_knobs(config, points: list[dict]) -> list[str]:
   return [k for k in points[0] if k not in traced and k in config.model]
 
 
-def _set(c, knob: str, value: float) -> None:
-  current = c.model[knob]
+def _value(config, knob: str, value: float) -> int | float:
+  """The setting `value` stands for: a whole number for an integer setting and for
+  hidden_dims' width, else a float."""
+  current = config.model[knob]
   if knob == 'hidden_dims':
-    if current is None:
+    if not current:
       raise ConfigError('a sweep of hidden_dims sets the width of every hidden layer: set '
-                        'config.model.hidden_dims (e.g. (600,)) so that the depth is stated')
-    width = _integer(knob, value)
-    c.model.hidden_dims = (width,) * len(current)
+                        'config.model.hidden_dims to one or more layers (e.g. (600,)) so '
+                        f'that the depth is stated (it is {current!r})')
   elif isinstance(current, bool) or not isinstance(current, (int, float)):
     raise ConfigError(f'sweep knob {knob!r}: config.model.{knob}={current!r} is not a number')
-  else:
-    c.model[knob] = _integer(knob, value) if isinstance(current, int) else float(value)
-
-
-def _integer(knob: str, value: float) -> int:
+  elif isinstance(current, float):
+    return float(value)
   if value != round(value) or value < 1:
     raise ConfigError(f'sweep knob {knob!r}={value:g}: a shape must be a whole number >= 1')
   return int(round(value))
@@ -58,12 +58,14 @@ def shape_config(config, shape: dict[str, float]):
   """`config` with the shape settings of one group."""
   c = config.copy_and_resolve_references()
   for knob, value in shape.items():
-    _set(c, knob, value)
+    v = _value(config, knob, value)
+    c.model[knob] = (v,) * len(config.model.hidden_dims) if knob == 'hidden_dims' else v
   return c
 
 
 def group_name(shape: dict[str, float]) -> str:
-  return ','.join(f'{k}={v:g}' for k, v in shape.items())
+  """The group's folder: every value in full (repr), so two shapes never share one."""
+  return ','.join(f'{k}={v!r}' for k, v in shape.items())
 
 
 def groups(config, points: list[dict]) -> list[tuple[dict, list[dict], list[int]]]:
@@ -73,12 +75,13 @@ def groups(config, points: list[dict]) -> list[tuple[dict, list[dict], list[int]
   names = shape_knobs(config, points)
   out: dict[str, tuple[dict, list[dict], list[int]]] = {}
   for i, p in enumerate(points):
-    shape = {k: p[k] for k in names}
+    shape = {k: _value(config, k, p[k]) for k in names}  # 8 and 8.0 are one shape
     entry = out.setdefault(json.dumps(shape), (shape, [], []))
     entry[1].append({k: v for k, v in p.items() if k not in names})
     entry[2].append(i)
-  mode_knob = sweep.MODE_KNOBS[config.sweep.mode]
-  default = {mode_knob: float(config.train[sweep.TRAIN_KNOBS[mode_knob]])}
+  # A group left without traced knobs is one model at the config's cap (set for every
+  # model; one that ignores beta ignores it).
+  default = {'anneal_cap': float(config.train.anneal_cap)}
   return [(s, [q or default for q in qs], idx) for s, qs, idx in out.values()]
 
 
@@ -86,7 +89,7 @@ def train_groups(config, workdir: str | Path, *, split: Split,
                  models_per_pass: int | None = None, points: list[dict] | None = None
                  ) -> dict:
   """Every group's sweep (each resumes itself); returns and writes the merged
-  DIR/sweep.json. Every group's config is built before anything trains, so a bad
+  DIR/groups.json (not sweep.json: DIR itself is no sweep). Every group's config is built before anything trains, so a bad
   shape is named before any workdir is written."""
   workdir = Path(workdir)
   points = sweep.grid_points(config) if points is None else [dict(p) for p in points]
@@ -115,5 +118,5 @@ def train_groups(config, workdir: str | Path, *, split: Split,
              'points': points, 'models': merged, 'groups': group_records,
              'test_eval_seconds': sum(g['test_eval_seconds'] for g in group_records)}
   workdir.mkdir(parents=True, exist_ok=True)
-  atomic_write(workdir / 'sweep.json', json.dumps(results, indent=2))
+  atomic_write(workdir / GROUPS_FILE, json.dumps(results, indent=2))
   return results

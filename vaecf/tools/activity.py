@@ -88,6 +88,7 @@ def markdown_table(tables: dict[str, list[dict]], metric: str = METRIC) -> str:
 
 def evaluate_workdir(workdir: Path, name: str, split, mesh, trust_code: bool = False) -> dict:
   """{label: EvalResult on the test users} for the run, or each model of a sweep."""
+  plots.refuse_groups(workdir)
   if (workdir / 'sweep.json').exists():
     config = load_config(workdir)
     import_saved_model(config, workdir, trust_code)

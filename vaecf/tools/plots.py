@@ -115,10 +115,19 @@ def activity_bars(tables: dict[str, Sequence[dict]], path: str | Path,
   return _save(fig, path)
 
 
+def refuse_groups(workdir: Path) -> None:
+  """A sweep grouped by shape (vaecf.sweep_groups) is a folder of sweeps, not one."""
+  if (workdir / 'groups.json').exists():
+    names = sorted(p.name for p in workdir.iterdir() if (p / 'config.json').exists())
+    raise ValueError(f'{workdir} holds a sweep grouped by shape; open one of its groups: '
+                     f'{names}')
+
+
 def plot_workdir(workdir: str | Path, out: str | Path | None = None) -> list[Path]:
   """Every plot a workdir's files allow; returns the PNG paths written."""
   workdir = Path(workdir)
   out = workdir if out is None else Path(out)
+  refuse_groups(workdir)
   rows = read_metrics(workdir)
   if not rows:
     raise ValueError(f'{workdir / "metrics.jsonl"} holds no rows yet')
