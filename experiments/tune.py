@@ -145,9 +145,7 @@ def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float
       details = evaluate_round(points[len(recorded['points']):])
       round_ = {**recorded, 'points': points,
                 'scores': recorded['scores'] + [d[METRIC] for d in details],
-                'details': [{**d, 'sweep_models': len(recorded['points'])}
-                            if 'workdir' in d and 'sweep_models' not in d else d
-                            for d in recorded['details']] + details,  # (a trained round's)
+                'details': recorded['details'] + details,
                 'seconds': recorded['seconds'] + time.perf_counter() - t0}
     else:
       replay = iter(())  # the history diverges here: evaluate anew from now on
@@ -240,13 +238,12 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
     # Each epoch's wall time once (models that stopped early have no rows after it).
     seconds = sum({r['epoch']: r['seconds'] for r in read_metrics(sub)}.values())
     return [{METRIC: m[METRIC], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
-             'index': m['index'], 'sweep_models': len(points), 'sweep_seconds': seconds}
-            for m in res['models']]
+             'index': m['index'], 'sweep_seconds': seconds} for m in res['models']]
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
   detail = _detail_of(best, done)
   done_searching = converged(knobs, done, base_point(knobs))
   # Test once: the chosen model's best-by-validation parameters, from its round's sweep.
-  score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail, done)
+  score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail)
   t0 = time.perf_counter()
   test = evaluate.evaluate(score_fn, *split.heldout('test'), batch_size=batch)
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
@@ -257,16 +254,12 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
                                 'epochs': c.train.epochs, 'patience': c.train.patience}}
 
 
-def _sweep_member_scorer(c, model, n_items: int, detail: dict, rounds: list[dict]):
-  """(score_fn, batch size) of model `detail['index']` of a round's sweep, at its best
+def _sweep_member_scorer(c, model, n_items: int, detail: dict):
+  """(score_fn, batch size) of model `detail['index']` of the sweep in
+  `detail['workdir']` (a round grown by a larger budget holds points of two), at its best
   validation epoch."""
   mesh = distributed.make_mesh()
-  # A round grown by a larger budget holds points of two sweeps; older records lack
-  # 'sweep_models', and there a round is one sweep.
-  n_models = detail.get('sweep_models') or len(next(
-      r for r in rounds if detail in r['details'])['points'])
-  params_M = sweep.restore_best_params(Path(detail['workdir']), c, n_items, mesh,
-                                       n_models=n_models)
+  params_M = sweep.restore_best_params(Path(detail['workdir']), c, n_items, mesh)
   params = jax.tree.map(lambda a: a[detail['index']], params_M)
   for_params, batch = steps.make_scorer(model, mesh, c.train.eval_batch_size)
   return for_params(params), batch
@@ -292,7 +285,7 @@ def chosen_scorer(name: str, workdir: str | Path, split, state: dict | None = No
   c = load_config(Path(detail['workdir']))  # the config the round trained under
   train.import_model_module(c)
   model = models.build(c, split.n_items)
-  return _sweep_member_scorer(c, model, split.n_items, detail, entry['rounds'])
+  return _sweep_member_scorer(c, model, split.n_items, detail)
 
 
 def _round_of(point, rounds):

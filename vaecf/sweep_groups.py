@@ -21,9 +21,9 @@ from vaecf import models, sweep, train
 from vaecf.common import atomic_write
 from vaecf.config import ConfigError
 from vaecf.data.types import Split
+from vaecf.workdir import GROUPS_FILE
 
 log = logging.getLogger(__name__)
-GROUPS_FILE = 'groups.json'
 
 
 def shape_knobs(config, points: list[dict]) -> list[str]:
@@ -89,8 +89,8 @@ def train_groups(config, workdir: str | Path, *, split: Split,
                  models_per_pass: int | None = None, points: list[dict] | None = None
                  ) -> dict:
   """Every group's sweep (each resumes itself); returns and writes the merged
-  DIR/groups.json (not sweep.json: DIR itself is no sweep). Every group's config is built before anything trains, so a bad
-  shape is named before any workdir is written."""
+  DIR/groups.json (not sweep.json: DIR itself is no sweep). Every group's config is built
+  before anything trains, so a bad shape is named before any workdir is written."""
   workdir = Path(workdir)
   points = sweep.grid_points(config) if points is None else [dict(p) for p in points]
   plan = groups(config, points)

@@ -32,6 +32,8 @@ RESUMABLE_CHANGES = ('train.epochs', 'train.eval_batch_size', 'data.cache_dir', 
 # Keys older versions of vaecf wrote and no longer read: never a reason to refuse resuming.
 RETIRED_KEYS = ('train.log_every_steps',)
 LOCK = '.lock'
+# The merged record of a sweep grouped by shape (vaecf.sweep_groups): a folder of sweeps.
+GROUPS_FILE = 'groups.json'
 
 
 class WorkdirError(VaecfError, ValueError):

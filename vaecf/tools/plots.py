@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from vaecf.workdir import read_metrics
+from vaecf.workdir import GROUPS_FILE, read_metrics
 
 NDCG = 'ndcg@100'
 SWEEP_LABELS = {'cap': 'beta cap', 'constant': 'constant beta',
@@ -117,7 +117,7 @@ def activity_bars(tables: dict[str, Sequence[dict]], path: str | Path,
 
 def refuse_groups(workdir: Path) -> None:
   """A sweep grouped by shape (vaecf.sweep_groups) is a folder of sweeps, not one."""
-  if (workdir / 'groups.json').exists():
+  if (workdir / GROUPS_FILE).exists():
     names = sorted(p.name for p in workdir.iterdir() if (p / 'config.json').exists())
     raise ValueError(f'{workdir} holds a sweep grouped by shape; open one of its groups: '
                      f'{names}')
