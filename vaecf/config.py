@@ -60,6 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Early stopping: end once the best validation NDCG@100 is this many epochs old (0: never).
   c.train.patience = 0
 
+  c.eval = ml_collections.ConfigDict()
+  # Metrics of every validation and test pass, 'name@K' (vaecf.evaluate.METRICS): recall,
+  # ndcg, mrr, hit, precision, map and the catalogue's coverage.
+  c.eval.metrics = ('recall@20', 'recall@50', 'ndcg@100')
+  # The one that picks the best epoch, a tune's points and an ensemble's weights.
+  c.eval.select = 'ndcg@100'
+
   c.sweep = ml_collections.ConfigDict()
   # Parallel sweeps (experiments/sweep.py): one model per value, trained at once.
   c.sweep.mode = 'cap'  # cap: anneal to each cap | constant: fixed beta | anneal_steps
@@ -171,6 +178,14 @@ def validate(config) -> None:
           'a number >= 0, or None to anneal')
   check('train.patience', is_int(t.patience) and (t.patience == 0 or t.patience >= t.eval_every),
         'an integer number of epochs >= train.eval_every, or 0 for no early stopping')
+  e = config.eval
+  try:
+    from vaecf.evaluate import parse_metrics
+    parse_metrics(e.metrics)
+  except ValueError as err:
+    problems.append(f'eval.metrics={tuple(e.metrics)!r}: {err}')
+  check('eval.select', e.select in tuple(e.metrics),
+        f'one of eval.metrics {tuple(e.metrics)} (the metric that picks the best epoch)')
   check('sweep.mode', config.sweep.mode in SWEEP_MODES, f'one of {SWEEP_MODES}')
   try:
     parse_grid(config.sweep.grid)

@@ -52,6 +52,29 @@ def metric_name(kind: str, k: int) -> str:
   return f'{kind}@{k}'
 
 
+KINDS = ('recall', 'ndcg')
+
+
+def parse_metrics(names) -> tuple[tuple[str, int], ...]:
+  """('recall@20', ...) or ((kind, k), ...) -> ((kind, k), ...); ValueError naming a bad one."""
+  out = []
+  for name in names:
+    if isinstance(name, str):
+      kind, sep, k = name.partition('@')
+      if not sep or not k.isdigit() or int(k) < 1:
+        raise ValueError(f'{name!r} is not name@K with an integer K >= 1 (e.g. ndcg@100)')
+    else:
+      kind, k = name
+    if kind not in KINDS:
+      raise ValueError(f'unknown metric {kind!r} in {name!r}: one of {KINDS}')
+    out.append((str(kind), int(k)))
+  if not out:
+    raise ValueError('no metric named')
+  if len(set(out)) != len(out):
+    raise ValueError('a metric is named twice')
+  return tuple(out)
+
+
 @functools.partial(jax.jit, static_argnames=('metrics',))
 def batch_metrics(scores_BxI, fold_idx_BxL, fold_val_BxL, tgt_idx_BxT, tgt_val_BxT,
                   metrics: tuple[tuple[str, int], ...]):
@@ -93,7 +116,7 @@ def _per_user(score_fn, fold_in: sp.csr_matrix, targets: sp.csr_matrix, metrics,
   """Per-user metric arrays ([U] each; [M, U] with a leading model axis) and the rows kept."""
   if fold_in.shape != targets.shape:
     raise ValueError(f'fold-in {fold_in.shape} and targets {targets.shape} differ in shape')
-  metrics = tuple((str(kind), int(k)) for kind, k in metrics)
+  metrics = parse_metrics(metrics)
   keep = np.flatnonzero(np.diff(targets.indptr) > 0)
   fold_in, targets = fold_in[keep], targets[keep]
   batch_size = max(1, min(batch_size, max(len(keep), 1)))
