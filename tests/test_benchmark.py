@@ -112,7 +112,7 @@ def test_host_malloc_sets_opts_out_and_defers_to_glibc_tunables(monkeypatch):
 
 def test_importing_vaecf_sets_no_process_settings():
   """Only entry points call vaecf.process.prepare(); a library import changes nothing."""
-  code = ('import vaecf, vaecf.train, vaecf.sweep, experiments.tune, experiments.recvae; '
+  code = ('import vaecf, vaecf.train, vaecf.sweep, vaecf.tools.tune, vaecf.models.recvae; '
           'from vaecf import host_malloc, xla_flags, process; '
           'assert host_malloc.applied() == {} and xla_flags.applied() == [], process.settings(); '
           's = process.prepare(); print(sorted(s["malloc"]))')

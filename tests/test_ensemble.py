@@ -1,4 +1,4 @@
-"""experiments.ensemble: the weight grid, per-user standardising, and an ensemble of tuned
+"""vaecf.tools.ensemble: the weight grid, per-user standardising, and an ensemble of tuned
 models whose corners are the members alone."""
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import ensemble, tune
+from vaecf.tools import ensemble, tune
 from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
 
 

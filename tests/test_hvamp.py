@@ -1,4 +1,4 @@
-"""H+Vamp (Gated) (experiments/hvamp.py): the VampPrior and the Gaussian log-densities against
+"""H+Vamp (Gated) (vaecf/models/hvamp.py): the VampPrior and the Gaussian log-densities against
 SciPy, the per-user loss and the test-time scores against a NumPy transcription of the
 authors' forward pass, AdamNormGrad against a NumPy transcription of theirs, the init, one
 step on 1 and 4 devices, and a short run served through the unchanged Recommender."""
@@ -13,14 +13,16 @@ from vaecf import checkpoints, distributed, input_pipeline, models, serving, ste
 from vaecf.data import load_split
 from test_train import small_config
 
-from experiments import hvamp
+from vaecf.models import hvamp
 
 NET = dict(hidden=16, n_layers=2, z1=6, z2=5, n_pseudo=7)
 
 
 def hvamp_config(tmp_path, **train_kw):
   c = small_config(tmp_path, **train_kw)
-  c.model.module, c.model.name = 'experiments.hvamp', 'hvamp'
+  c.model.name = 'hvamp'
+  for k, v in models.settings('hvamp').model.items():  # its own keys, declared defaults
+    c.model[k] = v
   c.model.hidden_dims = (NET['hidden'],) * NET['n_layers']
   c.model.latent_dim = NET['z1']
   c.model.z2_dim = NET['z2']
@@ -40,12 +42,12 @@ def split(tmp_path_factory):
 
 
 def test_the_ml1m_config_is_valid_and_warms_up_over_100_epochs():
-  from configs import hvamp_ml1m
+  from vaecf import presets
   from vaecf.config import validate
-  c = hvamp_ml1m.get_config()
+  c = presets.compose('hvamp', 'ml-1m')  # configs/hvamp.py:ml-1m
   validate(c)
   sched = steps.schedule_from_config(c)
-  per_epoch = -(-4834 // c.train.batch_size)  # configs/ml1m.py's training users
+  per_epoch = -(-4834 // c.train.batch_size)  # the ml-1m preset's training users
   beta = lambda epoch: float(steps.beta_at(np.int32(epoch * per_epoch), sched))
   assert beta(50) == pytest.approx(0.15, rel=1e-3)
   assert beta(99) == pytest.approx(0.297, rel=1e-3) and beta(100) == pytest.approx(0.3, rel=1e-4)

@@ -117,7 +117,7 @@ def test_long_modules_say_why():
 
 def test_wheel_installs_only_vaecf_with_its_commands_and_data(tmp_path):
   """`pip install .` ships vaecf alone (configs/ and experiments/ stay in the checkout),
-  the embedded dataset, and the console scripts."""
+  its models and tools, the embedded dataset, and the console scripts."""
   import zipfile
   proc = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '.', '-w',
                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -132,5 +132,10 @@ def test_wheel_installs_only_vaecf_with_its_commands_and_data(tmp_path):
   assert 'vaecf/datasets/ml-latest-small/ratings.csv' in names
   assert 'vaecf/datasets/ml-latest-small/README.txt' in names
   entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('entry_points.txt')))
-  for script in ('vaecf-train', 'vaecf-recommend', 'vaecf-data', 'vaecf-benchmark'):
+  for script in ('vaecf-train', 'vaecf-recommend', 'vaecf-data', 'vaecf-benchmark',
+                 'vaecf-activity', 'vaecf-plot', 'vaecf-tune', 'vaecf-sweep',
+                 'vaecf-select-beta', 'vaecf-paper-table', 'vaecf-ensemble'):
     assert script.encode() in entry
+  for module in ('vaecf/models/recvae.py', 'vaecf/models/hvamp.py', 'vaecf/tools/tune.py',
+                 'vaecf/presets.py'):
+    assert module in names

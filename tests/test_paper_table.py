@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from experiments import paper_table
+from vaecf.tools import paper_table
 from vaecf import baselines, train
 from vaecf.config import base_config
 from vaecf.data.types import Split
@@ -164,7 +164,7 @@ def test_experiment_models_train_with_their_own_config_on_the_tables_data(tmp_pa
                           split=split, command='test')
   assert set(seen) == set(table['models']) == {'recvae', 'hvamp'}
   for name, got in seen.items():
-    assert got.model.module == f'experiments.{name}'
+    assert got.model.module == ''  # installed: nothing to import
     assert got.data.to_dict() == c.data.to_dict()  # the table's data and split
     own = paper_table.experiment_config(base_config(), name)
     assert got.model.to_dict() == own.model.to_dict() and got.train == own.train
@@ -175,7 +175,7 @@ def test_experiment_models_train_with_their_own_config_on_the_tables_data(tmp_pa
 @pytest.mark.slow
 def test_command_line_runs_and_writes_the_table(tmp_path):
   wd = tmp_path / 'wd'
-  cmd = [sys.executable, '-m', 'experiments.paper_table', '--config=configs/default.py',
+  cmd = [sys.executable, '-m', 'vaecf.tools.paper_table', '--config=configs/default.py',
          f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={wd}',
          '--models=popularity']
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

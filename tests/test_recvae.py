@@ -1,4 +1,4 @@
-"""RecVAE (experiments/recvae.py): prior and KL against SciPy, the encoder against a NumPy
+"""RecVAE (vaecf/models/recvae.py): prior and KL against SciPy, the encoder against a NumPy
 transcription of the authors' forward pass, the alternating schedule, the prior refresh,
 resumption, and serving through the unchanged Recommender and export."""
 import numpy as np
@@ -12,12 +12,14 @@ from vaecf import checkpoints, distributed, input_pipeline, models, serving, ste
 from vaecf.data import load_split
 from test_train import small_config
 
-from experiments import recvae
+from vaecf.models import recvae
 
 
 def recvae_config(tmp_path, **train_kw):
   c = small_config(tmp_path, **train_kw)
-  c.model.module, c.model.name = 'experiments.recvae', 'recvae'
+  c.model.name = 'recvae'
+  for k, v in models.settings('recvae').model.items():  # its own keys, declared defaults
+    c.model[k] = v
   c.model.hidden_dims = (16,) * 5
   c.model.latent_dim = 8
   c.model.gamma = 0.005

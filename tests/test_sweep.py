@@ -127,7 +127,7 @@ def test_a_knob_that_is_not_traced_is_refused_before_the_workdir_is_written(tmp_
 
 
 def test_a_grid_sweep_writes_its_points_and_table(tmp_path, embedded_split):
-  from experiments import sweep as sweep_command
+  from vaecf.tools import sweep as sweep_command
   c = small_config(tmp_path)
   c.train.epochs = 1
   c.sweep.grid = 'learning_rate=1e-2,1e-3;dropout_rate=0.5'
@@ -165,7 +165,7 @@ def test_sweep_run_resumes_and_matches_single_runs(tmp_path, embedded_split):
 
 
 def test_selection_picks_the_argmax_of_the_validation_curve(tmp_path, embedded_split):
-  from experiments import select_beta
+  from vaecf.tools import select_beta
   rows = [{'epoch': 1, 'beta': 0.1, 'val_ndcg@100': 0.2},
           {'epoch': 2, 'beta': 0.2},  # no validation pass this epoch
           {'epoch': 3, 'beta': 0.3, 'val_ndcg@100': 0.35},

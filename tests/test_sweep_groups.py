@@ -60,7 +60,7 @@ def test_a_hidden_width_sweep_needs_the_depth_stated(tmp_path, embedded_split, d
 
 @pytest.mark.slow
 def test_each_model_of_a_grouped_sweep_equals_its_single_run(tmp_path, embedded_split):
-  from experiments import sweep as sweep_command
+  from vaecf.tools import sweep as sweep_command
   c = small_config(tmp_path)
   c.sweep.grid = 'latent_dim=8,4;learning_rate=1e-2,2e-3'
   res = sweep_groups.train_groups(c, tmp_path / 'groups', split=embedded_split)

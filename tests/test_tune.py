@@ -1,11 +1,11 @@
-"""experiments.tune: grids that refine past their edges, and a killed tune that resumes to
+"""vaecf.tools.tune: grids that refine past their edges, and a killed tune that resumes to
 the same choice."""
 import json
 import math
 
 import pytest
 
-from experiments import tune
+from vaecf.tools import tune
 from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
 
 

@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'multvae'  # multvae | multdae | anything an experiment registers
-  c.model.module = ''  # a module to import first, e.g. experiments.gated_vae
+  c.model.module = ''  # a module to import first, e.g. experiments.swish_vae
   c.model.hidden_dims = config_dict.placeholder(tuple)  # None: (600,) VAE, () DAE
   c.model.latent_dim = 200
   c.model.dropout_rate = 0.5
@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.select = 'ndcg@100'
 
   c.sweep = ml_collections.ConfigDict()
-  # Parallel sweeps (experiments/sweep.py): one model per value, trained at once.
+  # Parallel sweeps (vaecf-sweep): one model per value, trained at once.
   c.sweep.mode = 'cap'  # cap: anneal to each cap | constant: fixed beta | anneal_steps
   c.sweep.caps = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)  # the values swept, whatever the mode
   # Any traced hyperparameters instead, as a grid (their product), e.g.

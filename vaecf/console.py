@@ -76,6 +76,34 @@ def guarded(main):
   return run
 
 
+def cli(main, module: str) -> None:
+  """`app.run(guarded(main))` for a command that is both `python -m <module>` and an
+  installed console script.
+
+  absl's --help prints the docstring and the flags of `__main__`, keyed by sys.argv[0]:
+  under a console script that is the script's wrapper, so --help would say nothing and
+  exit 1. Here `module` (the caller's __name__) lends its docstring and flags to it.
+  XLA's flags and the malloc settings are set first, before a config file is parsed
+  (composing one imports the models, and with them JAX).
+  """
+  from absl import app, flags
+  from vaecf import process
+  process.prepare()
+  main_module = sys.modules['__main__']
+  if module != '__main__' and main_module is not sys.modules[module]:
+    main_module.__doc__ = sys.modules[module].__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  help_asked = [a for a in sys.argv[1:] if a in ('--help', '-h', '-?', '--helpshort',
+                                                  '--helpfull')]
+  if help_asked:  # absl's --help exits 1, which reads as a failure to scripts
+    app.usage(shorthelp=help_asked[0] != '--helpfull', writeto_stdout=True)
+    print('Try --helpfull to get a list of all flags.' if help_asked[0] != '--helpfull'
+          else '')
+    raise SystemExit(0)
+  app.run(guarded(main))
+
+
 def fmt_time(s: float) -> str:
   s = int(round(s))
   return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'

@@ -23,6 +23,7 @@ import numpy as np
 from vaecf.common import VaecfError, atomic_write
 from vaecf.config import base_config
 from vaecf.data.types import Split
+from vaecf.models.registry import MOVED_MODULES
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class Workdir:
       return []
     old = _flatten(json.loads(file.read_text()))
     new = _flatten(json.loads(config.to_json_best_effort()))
+    if old.get('model.module') in MOVED_MODULES:  # a model vaecf now installs: the same code
+      old['model.module'] = ''
     # A key added to vaecf after the run was written, at its default, is what that run
     # did (new settings default to the old behaviour): resuming it changes nothing.
     defaults = _flatten(json.loads(base_config().to_json_best_effort()))

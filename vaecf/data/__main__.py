@@ -1,6 +1,6 @@
 """Prepares a dataset's split and optionally exports it as CSV files.
 
-  python -m vaecf.data --config=configs/ml1m.py --config.data.path=PATH/ml-1m --export_dir=DIR
+  vaecf-data --config=configs/multvae.py:ml-1m --config.data.path=PATH/ml-1m --export_dir=DIR
 
 Writes train.csv, validation_tr.csv, validation_te.csv, test_tr.csv and test_te.csv
 (header `user,item`, ORIGINAL ids, sorted by (user, item)) so other libraries can
@@ -112,7 +112,7 @@ def run():
   """Console script entry point (vaecf-data)."""
   from vaecf import console
   _define_flags()
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
 
 
 if __name__ == '__main__':

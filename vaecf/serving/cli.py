@@ -1,9 +1,9 @@
 """The recommend command: `vaecf-recommend` or `python -m vaecf.serving`.
 
-  python -m vaecf.serving --workdir=DIR --items=1,2355,3114 --n=10
-  python -m vaecf.serving --workdir=DIR --input=histories.csv --output=recs.csv
-  python -m vaecf.serving --workdir=DIR --export=DIR/export
-  python -m vaecf.serving --exported=DIR/export --items=1,2355
+  vaecf-recommend --workdir=DIR --items=1,2355,3114 --n=10
+  vaecf-recommend --workdir=DIR --input=histories.csv --output=recs.csv
+  vaecf-recommend --workdir=DIR --export=DIR/export
+  vaecf-recommend --exported=DIR/export --items=1,2355
 
 Histories and results use ORIGINAL item ids (see vaecf.serving.recommender).
 """
@@ -119,7 +119,6 @@ def _define_flags():
 
 def run():
   """Console script entry point (vaecf-recommend)."""
-  from absl import app
   from vaecf import console
   _define_flags()
-  app.run(console.guarded(main))
+  console.cli(main, __name__)

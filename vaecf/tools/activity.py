@@ -158,7 +158,7 @@ def main(argv):
 
 def cli():
   """Console script entry point (vaecf-activity)."""
-  from absl import app, flags
+  from absl import flags
   flags.DEFINE_list('workdirs', None, 'Finished run or sweep directories.')
   flags.DEFINE_string('out', None, 'Where to write the table and the plot.')
   flags.DEFINE_list('names', None, 'Labels for the runs, in order (default: folder names).')
@@ -166,7 +166,7 @@ def cli():
                     'workdirs\' config.json (runs their code).')
   flags.mark_flags_as_required(['workdirs', 'out'])
   from vaecf import console
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
 
 
 if __name__ == '__main__':

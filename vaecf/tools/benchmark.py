@@ -1,12 +1,13 @@
 """Throughput of the real training step and evaluator on a paper-sized synthetic matrix.
 
-  python -m vaecf.tools.benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
+  vaecf-benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
       [--dtype=float32|bfloat16|tf32|float32_highest] [--steps_per_call=K]
       [--sweep_models=M] [--devices=N] [--steps=30] [--compare_dense] [--compare_torch]
 
 The click matrix has the training shape and density of the chosen paper dataset
 (heavy-tailed item popularity, log-normal user lengths >= 5, fixed seed), built
-sparse in seconds. The last line printed is one JSON object with every figure. Timed
+sparse in seconds. It writes no file: the last line printed is one JSON object with
+every figure. Timed
 batches are staged on the device first (vaecf.tools.gpu, which also runs K steps a dispatch
 and the M-model sweep); vaecf.tools.gpu_bench runs the grid of figures an accelerator needs.
 
@@ -408,9 +409,8 @@ def main(argv):
 def cli():
   """Console script entry point (vaecf-benchmark); flags exist only for the command."""
   from vaecf import console
-  process.prepare()
   _define_flags()
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
 
 
 if __name__ == '__main__':

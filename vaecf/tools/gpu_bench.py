@@ -182,11 +182,9 @@ def _main(argv):
 
 
 def cli():
-  from absl import app
-  from vaecf import console, process
-  process.prepare()  # before anything starts JAX's backend
+  from vaecf import console
   _define_flags()
-  app.run(console.guarded(_main))
+  console.cli(_main, __name__)
 
 
 if __name__ == '__main__':

@@ -155,12 +155,12 @@ def main(argv):
 
 def cli():
   """Console script entry point (vaecf-plot)."""
-  from absl import app, flags
+  from absl import flags
   flags.DEFINE_string('workdir', None, 'A run or sweep directory holding metrics.jsonl.')
   flags.DEFINE_string('out', None, 'Where to write the PNGs (default: the workdir).')
   flags.mark_flag_as_required('workdir')
   from vaecf import console
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
 
 
 if __name__ == '__main__':

@@ -1,13 +1,11 @@
 """A parallel sweep: M models, one per point of a grid of traced knobs, trained at once.
 
-  python -m experiments.sweep --config=configs/ml1m.py \
-      --config.data.path=/path/to/ml-1m --config.sweep.caps=0.0,0.1,0.2,0.3,0.5,1.0 \
-      --workdir=DIR [--benchmark_epochs=3]
-  python -m experiments.sweep --config=configs/ml1m.py --config.data.path=... \
+  vaecf-sweep --config=configs/multvae.py:ml-1m --config.data.path=PATH/ml-1m \
+      --config.sweep.caps=0.0,0.1,0.2,0.3,0.5,1.0 --workdir=DIR [--benchmark_epochs=3]
+  vaecf-sweep --config=configs/multvae.py:ml-1m --config.data.path=... \
       --config.sweep.grid='learning_rate=1e-3,3e-4;dropout_rate=0.3,0.5' --workdir=DIR
 
-With no grid it is a beta sweep (the old `python -m experiments.sweep_beta`, which still
-works): --config.sweep.mode picks what the values of config.sweep.caps are: 'cap'
+(= python -m vaecf.tools.sweep.) With no grid it is a beta sweep: --config.sweep.mode picks what the values of config.sweep.caps are: 'cap'
 (anneal_cap, with train.total_anneal_steps), 'constant' (a fixed beta) or 'anneal_steps'
 (total_anneal_steps, with train.anneal_cap). A grid names any traced knobs: anneal_cap,
 constant_beta, total_anneal_steps, learning_rate and the model's own hparams
@@ -186,8 +184,11 @@ def main(argv):
     log.warning('%s', e)
 
 
-if __name__ == '__main__':
-  from vaecf import process
-  process.prepare()  # before anything starts JAX's backend
+def cli():
+  """Console script entry point (vaecf-sweep); the flags exist only when the command runs."""
   define_flags()
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
+
+
+if __name__ == '__main__':
+  cli()

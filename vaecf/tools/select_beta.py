@@ -1,14 +1,14 @@
 """The paper's procedure for choosing beta, automated.
 
-  python -m experiments.select_beta --config=configs/ml1m.py \
-      --config.data.path=/path/to/ml-1m --workdir=DIR
+  vaecf-select-beta --config=configs/multvae.py:ml-1m --config.data.path=PATH/ml-1m \
+      --workdir=DIR   (= python -m vaecf.tools.select_beta)
 
 1. DIR/anneal: beta annealed linearly from 0 to 1 over the whole run
    (train.anneal_cap=1, train.total_anneal_steps = epochs * steps per epoch).
 2. The beta at the epoch of best validation NDCG@100 becomes the cap.
 3. DIR/retrain: the same run with that cap. Beta rises with the same slope as in
    step 1 and stays at the cap from the epoch where it was found best on.
-DIR/select_beta.json holds the choice, the retrained model's test metrics and the
+Writes DIR/select_beta.json: the choice, the retrained model's test metrics and the
 validation curve; the plots are DIR/anneal_val_ndcg_epoch.png and _beta.png.
 Both runs resume after a kill (rerun the same command).
 """
@@ -29,10 +29,6 @@ from vaecf.workdir import read_metrics
 
 log = logging.getLogger(__name__)
 
-flags.DEFINE_string('workdir', None, 'Directory for both runs and the report.')
-config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
-                                lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
 
@@ -103,7 +99,14 @@ def main(argv):
   print(json.dumps({k: v for k, v in out.items() if k != 'curve'}, indent=2))
 
 
+def cli():
+  """Console script entry point (vaecf-select-beta); the flags exist only when the command runs."""
+  flags.DEFINE_string('workdir', None, 'Directory for both runs and the report.')
+  config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
+  console.cli(main, __name__)
+
+
 if __name__ == '__main__':
-  from vaecf import process
-  process.prepare()  # before anything starts JAX's backend
-  app.run(console.guarded(main))
+  cli()

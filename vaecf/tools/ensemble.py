@@ -1,10 +1,10 @@
 """Ensembles of tuned models: a weighted sum of each member's per-user standardised scores,
 the weights chosen on validation users, the test users scored once.
 
-  python -m experiments.ensemble --config=configs/ml1m.py --config.data.path=PATH/ml-1m \
+  vaecf-ensemble --config=configs/multvae.py:ml-1m --config.data.path=PATH/ml-1m \
       --tune=DIR --members=ease,multdae [--steps=10]
 
-DIR is a finished `experiments.tune` (same config and data): each member is the point it
+DIR is a finished vaecf-tune (same config and data): each member is the point it
 chose, a saved baseline or a trained model at its best validation epoch. Scores are put
 on one scale per user (mean 0, standard deviation 1 over the items: members' raw scales
 differ by orders of magnitude), then mixed with weights on the simplex in steps of
@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import tune
+from vaecf.tools import tune
 from vaecf import console, evaluate
 from vaecf.common import atomic_write
 from vaecf.config import validate
@@ -136,13 +136,16 @@ def main(argv):
   print(summary(run(f.config, f.tune, f.members, f.steps)))
 
 
-if __name__ == '__main__':
-  from vaecf import process
-  process.prepare()  # before anything starts JAX's backend
-  flags.DEFINE_string('tune', None, 'The workdir of a finished experiments.tune.')
+def cli():
+  """Console script entry point (vaecf-ensemble); the flags exist only when the command runs."""
+  flags.DEFINE_string('tune', None, 'The workdir of a finished vaecf-tune.')
   flags.DEFINE_list('members', None, 'Tuned models to mix, e.g. ease,multdae.')
   flags.DEFINE_integer('steps', 10, 'Weights are multiples of 1/steps.')
   config_flags.DEFINE_config_file('config', None, 'The config file the tune ran with.',
                                   lock_config=True)
   flags.mark_flags_as_required(['config', 'tune', 'members'])
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
+
+
+if __name__ == '__main__':
+  cli()

@@ -1,17 +1,17 @@
 """The paper's comparison table under strong generalisation, every model on one dataset.
 
-  python -m experiments.paper_table --config=configs/ml1m.py \
-      --config.data.path=/path/to/ml-1m --workdir=DIR [--models=...] [--likelihoods=...]
+  vaecf-paper-table --config=configs/multvae.py:ml-1m --config.data.path=PATH/ml-1m \
+      --workdir=DIR [--models=...] [--likelihoods=...]   (= python -m vaecf.tools.paper_table)
 
 Stages, each in its own folder and skipped when finished (rerun the command to resume):
   DIR/multvae-<lik>, DIR/multdae-<lik>   vaecf.train (epoch chosen on validation NDCG@100)
-  DIR/recvae, DIR/hvamp                  the models of experiments/ (RecVAE, H+Vamp Gated)
-                                         with their own config file's settings
-                                         (EXPERIMENTS) on this table's data and split
+  DIR/recvae, DIR/hvamp                  RecVAE and H+Vamp (Gated) with the settings
+                                         they declare (configs/<model>.py) on this
+                                         table's data and split
   DIR/<baseline>                         grid on validation users (grid.jsonl, one line
                                          per point), the best saved in the
                                          vaecf.baselines format, result.json when done
-DIR/table.md and DIR/table.json gather every finished stage: Recall@20, Recall@50,
+Writes DIR/table.md and DIR/table.json, gathering every finished stage: Recall@20, Recall@50,
 NDCG@100 (mean ± standard error over test users), the chosen hyperparameters, wall
 times, the likelihood comparison and the paper's ordering checked on this data.
 Test users are only ever scored with the chosen model.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaecf import baselines, console, evaluate, train
+from vaecf import baselines, console, evaluate, presets, train
 from vaecf.common import atomic_write
 from vaecf.data import load_split
 from vaecf.workdir import read_metrics
@@ -37,9 +37,9 @@ from vaecf.workdir import read_metrics
 log = logging.getLogger(__name__)
 
 TRAINED = ('multvae', 'multdae')
-# Models registered by experiments/, each trained with its own config file's model and
-# train settings; the table's config gives the data and the split.
-EXPERIMENTS = {'recvae': 'configs/recvae_ml1m.py', 'hvamp': 'configs/hvamp_ml1m.py'}
+# Models trained with the model and train settings they declare (vaecf.presets.compose);
+# the table's config gives the data, the split and the metrics.
+EXPERIMENTS = ('recvae', 'hvamp')
 MODELS = ('multvae', 'multdae', *EXPERIMENTS, 'cdae', 'slim', 'wmf', 'ease', 'popularity')
 LIKELIHOODS = ('multinomial', 'gaussian', 'logistic')
 LABELS = {'multvae': 'Mult-VAE^PR', 'multdae': 'Mult-DAE', 'recvae': 'RecVAE',
@@ -73,20 +73,17 @@ def trained_stage(config, workdir: Path, model: str, likelihood: str, split) -> 
   return trained_row(sub)
 
 
-def experiment_config(config, name: str, repo: Path | None = None):
-  """The experiment's own config file with this table's data section."""
-  import importlib.util
-  path = (repo or Path(__file__).resolve().parents[1]) / EXPERIMENTS[name]
-  spec = importlib.util.spec_from_file_location(f'_vaecf_config_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+def experiment_config(config, name: str):
+  """The model's own config (configs/<name>.py:<dataset>) with this table's data section."""
+  dataset = config.data.name if config.data.name in presets.DATASETS else ''
+  c = presets.compose(name, dataset)
   c.data = config.data.copy_and_resolve_references()
+  c.eval = config.eval.copy_and_resolve_references()
   return c
 
 
 def experiment_stage(config, workdir: Path, name: str, split, adjust=None) -> dict:
-  """A model of experiments/ through the project's trainer (resumes itself);
+  """A model with settings of its own through the project's trainer (resumes itself);
   `adjust(config) -> config` changes its settings (tests shrink it)."""
   sub = workdir / name
   if not (sub / 'results.json').exists():
@@ -314,15 +311,14 @@ def main(argv):
   console.setup()
   f = flags.FLAGS
   run(f.config, f.workdir, models=f.models, likelihoods=f.likelihoods,
-      command='python -m experiments.paper_table ' + ' '.join(sys.argv[1:]))
+      command='vaecf-paper-table ' + ' '.join(sys.argv[1:]))
 
 
-if __name__ == '__main__':
-  from vaecf import process
-  process.prepare()  # before anything starts JAX's backend
+def cli():
+  """Console script entry point (vaecf-paper-table); the flags exist only when the command runs."""
   # Flags are defined here, not at import, so tests can import this module beside
-  # other experiments that define --workdir too.
-  from absl import app, flags
+  # other tools that define --workdir too.
+  from absl import flags
   from ml_collections import config_flags
   flags.DEFINE_string('workdir', None, 'Directory holding every stage and the table.')
   config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
@@ -330,4 +326,8 @@ if __name__ == '__main__':
   flags.DEFINE_list('models', list(MODELS), f'Models to run, from {MODELS}.')
   flags.DEFINE_list('likelihoods', list(LIKELIHOODS), 'Likelihoods for Mult-VAE/DAE.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
+
+
+if __name__ == '__main__':
+  cli()

@@ -1,6 +1,6 @@
 """Hyperparameters chosen on validation users, for every model, by grids that refine.
 
-  python -m experiments.tune --config=configs/ml1m.py --config.data.path=PATH/ml-1m \
+  vaecf-tune --config=configs/multvae.py:ml-1m --config.data.path=PATH/ml-1m \
       --workdir=DIR [--models=multvae,multdae,ease,wmf,slim,cdae] [--budget=16]
 
 Per model, each knob of its space in turn (coordinate-wise, the others held at the best
@@ -469,9 +469,8 @@ def main(argv):
     print(p)
 
 
-if __name__ == '__main__':
-  from vaecf import process
-  process.prepare()  # before anything starts JAX's backend
+def cli():
+  """Console script entry point (vaecf-tune); the flags exist only when the command runs."""
   flags.DEFINE_string('workdir', None, 'Directory of the tune (resumed when it exists).')
   flags.DEFINE_list('models', ['multvae', 'multdae', 'ease', 'wmf', 'slim', 'cdae',
                                'popularity'], 'Models to tune, in order.')
@@ -482,4 +481,8 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                   lock_config=True)
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(console.guarded(main))
+  console.cli(main, __name__)
+
+
+if __name__ == '__main__':
+  cli()
