@@ -72,10 +72,12 @@ def test_each_scripts_help_exits_0_from_any_directory(venv, tmp_path):
 def test_the_installed_tune_runs_on_the_embedded_data(venv, tmp_path):
   proc = subprocess.run(
       [str(venv / 'bin' / 'vaecf-tune'), '--config=configs/default.py',
-       f'--workdir={tmp_path / "tune"}', '--models=popularity,ease', '--budget=2',
-       f'--config.data.cache_dir={tmp_path / "cache"}'],
+       f'--workdir={tmp_path / "tune"}', '--models=ease,multvae', '--budget=2',
+       '--config.train.epochs=2', f'--config.data.cache_dir={tmp_path / "cache"}'],
       cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   state = json.loads((tmp_path / 'tune' / 'tune.json').read_text())
-  assert set(state['models']) == {'popularity', 'ease'}
-  assert 0 < state['models']['ease']['test']['ndcg@100'] < 1
+  assert set(state['models']) == {'ease', 'multvae'} and state['select'] == 'ndcg@100'
+  for name in ('ease', 'multvae'):
+    assert state['models'][name]['points'] == 2
+    assert 0 < state['models'][name]['test']['ndcg@100'] < 1

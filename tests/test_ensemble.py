@@ -81,3 +81,33 @@ def test_members_that_were_not_tuned_are_refused_by_name(tuned, embedded_split):
     ensemble.run(c, wd, ['ease', 'slim'], split=embedded_split)
   with pytest.raises(ValueError, match='two or more distinct'):
     ensemble.run(c, wd, ['ease', 'ease'], split=embedded_split)
+
+
+def test_tune_and_ensemble_choose_by_eval_select(tmp_path, embedded_split):
+  """With eval.select=recall@50 a tune's points, its choice and an ensemble's weights are
+  those with the best validation Recall@50; a folder tuned by one metric refuses another."""
+  from vaecf import baselines, evaluate
+  from vaecf.config import ConfigError
+  c = small_config(tmp_path)
+  c.eval.select = 'recall@50'
+  state = tune.run(c, tmp_path / 'tune', ['ease', 'popularity'], budget=3, split=embedded_split)
+  assert state['select'] == 'recall@50'
+  entry = state['models']['ease']
+  points = [(p, s) for r in entry['rounds'] for p, s in zip(r['points'], r['scores'])]
+  assert len(points) == 3
+  val = embedded_split.heldout('val')
+  for p, s in points:  # each score is that point's validation Recall@50, independently
+    fitted = baselines.fit('ease', embedded_split.train, p, validation=val)
+    assert s == pytest.approx(evaluate.evaluate(fitted.score_fn, *val).mean('recall@50'),
+                              abs=1e-6)
+  assert entry['chosen'] == max(points, key=lambda ps: ps[1])[0]
+  assert entry['val_recall@50'] == max(s for _, s in points)
+  out = ensemble.run(c, tmp_path / 'tune', ['ease', 'popularity'], steps=4,
+                     split=embedded_split)
+  assert out['select'] == 'recall@50'
+  assert out['val_recall@50'] == max(g['val_recall@50'] for g in out['grid'])
+  other = small_config(tmp_path)  # eval.select at its default, ndcg@100
+  with pytest.raises(ConfigError, match='recall@50'):
+    tune.run(other, tmp_path / 'tune', ['ease'], budget=4, split=embedded_split)
+  with pytest.raises(ConfigError, match='recall@50'):
+    ensemble.run(other, tmp_path / 'tune', ['ease', 'popularity'], split=embedded_split)

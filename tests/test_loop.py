@@ -1,7 +1,13 @@
-"""The one training loop (vaecf/loop.py): early stopping and the sweep settings' checks."""
+"""The one training loop (vaecf/loop.py): the epoch it owns, early stopping and the sweep
+settings' checks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from vaecf import loop, train
+from vaecf import distributed, input_pipeline, loop, train
+from vaecf.models import Phase
 from vaecf.config import ConfigError, parse_grid, validate
 from vaecf.workdir import read_metrics
 from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
@@ -14,6 +20,73 @@ def test_stale_means_every_model_best_is_patience_epochs_old():
   assert loop._stale(best(3), 5, 2) and not loop._stale(best(3), 4, 2)
   assert not loop._stale(best(3, 5), 6, 2)  # one model of a sweep still improving
   assert not loop._stale(best(0), 9, 2)  # no validation pass yet
+
+
+class _Recorder:
+  """A trainee of M fake models whose steps record the users of each batch (row u holds
+  item u), so the epoch the loop runs can be read back."""
+
+  def __init__(self, n_models):
+    self.labels = [{'model': i} for i in range(n_models)]
+    self.phases = (Phase('a', passes=2), Phase('b', after=lambda p, s: s))
+    self.mesh = distributed.make_mesh(jax.devices()[:1])
+    self.calls = []
+    self.after_fns = {'b': lambda state: self.calls.append(('after', 'b')) or state}
+
+  def take(self, carry, active):
+    self.calls.append(('take', tuple(active)))
+    return carry
+
+  def put(self, carry, state, active):
+    self.calls.append(('put', tuple(active)))
+    return state
+
+  def steps(self, active):
+    n = sum(active)
+    def step(name):
+      def fn(state, batch):
+        users = np.asarray(batch.cols)[np.asarray(batch.vals) > 0]
+        self.calls.append((name, tuple(users)))
+        loss = jnp.full((n,), float(len(self.calls)))
+        return state + 1, {'loss': loss, 'beta': loss / 100, 'users': loss}
+      return fn
+    return {'a': step('a'), 'b': step('b')}
+
+
+def test_the_loop_runs_each_phase_pass_on_its_own_shuffle_then_the_phase_hook():
+  n, b, seed, epoch = 10, 4, 7, 3
+  train_x = sp.identity(n, np.float32, format='csr')
+  trainee = _Recorder(3)
+  active = [True, False, True]
+  state, rows = loop.train_epoch(trainee, 0, active, train_x, epoch, batch_size=b, seed=seed,
+                                 epochs=5)
+  assert state == 3 * 3  # 3 passes of ceil(10 / 4) steps
+  calls = trainee.calls
+  assert calls[0] == ('take', (True, False, True)) and calls[-1] == ('put', (True, False, True))
+  steps_of = lambda name, k: [u for c in calls[1 + 3 * k:4 + 3 * k] if c[0] == name
+                              for u in c[1]]
+  for k, name in enumerate('aab'):  # pass k of the epoch: shuffled on (seed, epoch, k)
+    assert steps_of(name, k) == list(input_pipeline.epoch_order(n, seed, epoch, k))
+  assert calls[-2] == ('after', 'b')
+  assert rows[1] is None and rows[0] == rows[2]
+  # The first phase's means as loss; each phase's as <phase>_loss; beta: the last step's.
+  assert rows[0]['loss'] == rows[0]['a_loss'] == np.mean([2, 3, 4, 5, 6, 7])
+  assert rows[0]['b_loss'] == np.mean([8, 9, 10]) and rows[0]['beta'] == pytest.approx(0.07)
+
+
+def test_one_models_scalar_metrics_are_one_row():
+  history = [{'loss': jnp.float32(v), 'beta': jnp.float32(v / 4), 'users': jnp.float32(4)}
+             for v in (1.0, 3.0)]
+  assert loop.epoch_metrics((Phase(),), {'train': history}) == [{'loss': 2.0, 'beta': 0.75}]
+
+
+def test_plan_reads_the_loop_settings_and_names_the_selection_key(tmp_path):
+  c = small_config(tmp_path)
+  c.train.patience, c.eval.select = 3, 'recall@50'
+  plan = loop.Plan.from_config(c)
+  assert (plan.epochs, plan.batch_size, plan.seed, plan.patience) == (
+      c.train.epochs, c.train.batch_size, c.train.seed, 3)
+  assert plan.key == 'val_recall@50' and loop.Plan(1, 1, 0).key == 'val_ndcg@100'
 
 
 def _first_stale_epoch(curve, patience):

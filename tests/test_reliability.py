@@ -80,6 +80,7 @@ def test_opening_a_workdir_does_not_import_its_model_module(tmp_path, split):
   c = tiny_config(tmp_path / 'cache', epochs=1)
   c.model.module = 'experiments.swish_vae'
   c.model.name = 'swish_vae'
+  c.model.layer_norm_eps = 1e-5  # the model's own key (configs/swish_vae.py declares it)
   train.train_and_evaluate(c, tmp_path / 'wd', split=split)
   code = ('import sys; from vaecf import serving\n'
           'try:\n'

@@ -290,6 +290,19 @@ def test_matches_authors_string_ids_item_filter():
 
 
 @pytest.mark.shared
+def test_the_ml1m_preset_gives_the_authors_split(ml1m, shared_data, tmp_path):
+  """configs/<model>.py:ml-1m, read from the GroupLens files as a user would, is the
+  authors' split byte for byte."""
+  from vaecf import presets
+  from vaecf.data import load_split
+  _, inter, _, ref = ml1m
+  c = presets.compose('multvae', 'ml-1m')
+  c.data.path, c.data.cache_dir = str(shared_data / 'ml-1m'), str(tmp_path)
+  split, _ = load_split(c.data, use_cache=False)
+  _assert_matches_authors(ref, inter, split)
+
+
+@pytest.mark.shared
 def test_matches_authors_ml1m(ml1m):
   """ML-1M, ratings > 3.5, users >= 5, 600 + 600 held-out users."""
   _, inter, split, ref = ml1m

@@ -109,7 +109,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, embedde
   c = small_config(tmp_path)
   wd = tmp_path / 'wd'
   train.train_and_evaluate(c, wd, split=embedded_split, stop_after_epoch=1)
-  real = models._FACTORIES['multvae']
+  from vaecf.models import registry
+  real = registry._FACTORIES['multvae']
 
   def poisoned(config, n_items):
     m = real(config, n_items)
@@ -118,7 +119,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, embedde
       return l * np.nan, aux
     return models.Model(name=m.name, init=m.init, loss=loss, score=m.score, uses_beta=True)
 
-  monkeypatch.setitem(models._FACTORIES, 'multvae', poisoned)
+  monkeypatch.setitem(registry._FACTORIES, 'multvae', poisoned)
   with pytest.raises(train.TrainingDiverged, match='non-finite training loss at epoch 2'):
     train.train_and_evaluate(c, wd, split=embedded_split)
   mngr = checkpoints.manager(wd)

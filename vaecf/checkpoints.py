@@ -1,7 +1,9 @@
-"""Orbax checkpoints of a run: the latest (to resume) and the best by validation NDCG.
+"""Orbax checkpoints of a run: the latest (to resume) and the best by validation.
 
 Each checkpoint holds the train state and a small JSON record (epoch, best so
-far), so a resumed run knows everything without re-reading logs.
+far), so a resumed run knows everything without re-reading logs. The best is by
+`config.eval.select`; its value is recorded under `best_key(select)` ('val_ndcg@100'
+by default, the key of every run made before the metric could be chosen).
 """
 from __future__ import annotations
 
@@ -15,7 +17,15 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from vaecf.common import VaecfError
 from vaecf.distributed import replicated
 
-BEST_METRIC = 'val_ndcg@100'
+
+def best_key(select: str) -> str:
+  """The record, row and results key of the validation metric `select` ('ndcg@100')."""
+  return f'val_{select}'
+
+
+# The default selection's key: readers of runs made before eval.select existed
+# (vaecf/tools/select_beta.py) still name it.
+BEST_METRIC = best_key('ndcg@100')
 
 
 class CheckpointError(VaecfError, RuntimeError):
@@ -25,7 +35,7 @@ class CheckpointError(VaecfError, RuntimeError):
 class KeepRecordedBest(pp.PreservationPolicy):
   """Keeps the step that the newest checkpoint records as the best so far.
 
-  The trainer decides (the first epoch reaching the top validation NDCG wins);
+  The trainer decides (the first epoch reaching the top validation metric wins);
   ranking by the metric here instead could keep another epoch of a tie and
   delete the one the trainer will restore.
   """
@@ -46,11 +56,12 @@ def manager(workdir: str | Path, keep_latest: int = 1) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, record: dict[str, Any],
-         val_metric: float | None) -> None:
-  """Saves `state` at `step` (an epoch); record['best']['epoch'] is kept on disk."""
+         val_metric: float | None, key: str = BEST_METRIC) -> None:
+  """Saves `state` at `step` (an epoch); record['best']['epoch'] is kept on disk.
+  `val_metric` is this epoch's validation value, stored as the orbax metric `key`."""
   metrics = {'best_epoch': int(record['best']['epoch'])}
   if val_metric is not None:
-    metrics[BEST_METRIC] = float(val_metric)
+    metrics[key] = float(val_metric)
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           record=ocp.args.JsonSave(record)),
             metrics=metrics)

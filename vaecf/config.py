@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.patience = 0
 
   c.eval = ml_collections.ConfigDict()
-  # Metrics of every validation and test pass, 'name@K' (vaecf.evaluate.METRICS): recall,
+  # Metrics of every validation and test pass, 'name@K' (vaecf.evaluate.KINDS): recall,
   # ndcg, mrr, hit, precision, map and the catalogue's coverage.
   c.eval.metrics = ('recall@20', 'recall@50', 'ndcg@100')
   # The one that picks the best epoch, a tune's points and an ensemble's weights.

@@ -110,12 +110,14 @@ def fmt_time(s: float) -> str:
 
 
 def results_table(summary: dict[str, float], title: str) -> str:
-  """The test metrics as a small aligned table: metric, mean, standard error."""
+  """The test metrics as a small aligned table: metric, mean, standard error (none for a
+  catalogue metric such as coverage@K, one number for all users)."""
   names = [k for k in summary if not k.endswith('_se')]
   width = max([len(n) for n in names] + [6])
   lines = [title, f'  {"metric":<{width}}  {"mean":>7}  {"s.e.":>7}']
   for n in names:
-    lines.append(f'  {n:<{width}}  {summary[n]:7.4f}  {summary.get(n + "_se", float("nan")):7.4f}')
+    se = f'{summary[n + "_se"]:7.4f}' if n + '_se' in summary else f'{"-":>7}'
+    lines.append(f'  {n:<{width}}  {summary[n]:7.4f}  {se}')
   return '\n'.join(lines)
 
 

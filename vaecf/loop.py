@@ -1,18 +1,39 @@
 """The one training loop, for a single run (vaecf.train) and a vmapped sweep (vaecf.sweep).
 
-`run(config, wd, trainee)` owns what both share: resuming from the latest checkpoint
-(with the metrics log cut back to it), the epochs, the stop on a non-finite loss, the
-validation cadence, the best epoch of each model by validation NDCG@100, early stopping,
-the checkpoints, and the final test, written once. A `Trainee` supplies what differs: one
-model, or M models on a leading axis of every parameter, optimizer and model state.
+`run(wd, split, trainee, plan)` owns what both share: resuming from the latest checkpoint
+(with the metrics log cut back to it), the epochs (the model's phases in order, each
+phase's shuffled passes over the training users, its `after` hook, the epoch's metric
+means), the stop on a non-finite loss, the validation cadence, the best epoch of each
+model by the validation metric `plan.select` (config.eval.select), early stopping, the
+checkpoints, and the final test, written once. `plan` holds the few settings it reads.
 
-Early stopping is per model: a model whose best validation pass is `train.patience` epochs
-old stops training (its state is kept as it is) while the others go on, and the run ends
-when every model has stopped. So model m of a sweep stops where its single run would, and
-the epochs after it cost the sweep nothing.
+A `Trainee` supplies only what differs between one model and M models on a leading axis
+of every parameter, optimizer and model state. The loop keeps a `carry` it never looks
+into (the train state; a sweep's also holds each model's best parameters) and asks:
+  labels            one dict per model: the fields its metrics rows carry
+  phases, mesh      the model's epoch (models.Phase) and where the batches go
+  init()            a fresh carry;  step_of(carry): its global step
+  take(carry, active) -> state       the active models' train state, what the steps take
+  put(carry, state, active) -> carry that state written back (stopped models untouched)
+  steps(active)     {phase name: step(state, batch) -> (state, metrics)} for those models
+  after_fns         {phase name: hook(state) -> state} for the phases with an `after`
+  validate(carry, active) -> [EvalResult]   one per active model, on the validation users
+  keep_best(carry, improved) -> carry       the models whose validation pass improved
+  save(mngr, epoch, carry, record, val) / best_of_record(record) -> [best]   checkpoints
+  test(mngr, carry, best) -> [EvalResult]   each model's best epoch on the test users
+  epoch_line(rows, best, eta) -> str;  results(best, tests, seconds) -> dict
+`active[i]` is False for a model that has stopped: it is left out of take, steps and
+validate, and its metrics row is None. `best` has one {'epoch', 'step', plan.key} per
+model; `results` gets 'stopped_after' (its last trained epoch) in a model's that stopped.
+
+Early stopping is per model: a model whose best validation pass is `plan.patience`
+epochs old stops training (its state is kept as it is) while the others go on, and the
+run ends when every model has stopped. So model m of a sweep stops where its single run
+would, and the epochs after it cost the sweep nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -28,28 +49,47 @@ from vaecf.data.types import Split
 from vaecf.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
-BEST = checkpoints.BEST_METRIC
 
 
 class TrainingDiverged(VaecfError, FloatingPointError):
   """The loss became NaN/Inf; checkpoints saved before it are left intact."""
 
 
-class Trainee(Protocol):
-  """What the loop trains; `labels` has one dict per model (the fields its rows carry).
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the loop reads of a config (config.train and config.eval.select)."""
+  epochs: int
+  batch_size: int
+  seed: int
+  eval_every: int = 1
+  patience: int = 0  # epochs without a better validation pass before a model stops; 0: never
+  keep_latest: int = 1
+  select: str = 'ndcg@100'
 
-  `active[i]` is False for a model that has stopped: train_epoch leaves its state as it is
-  and gives None for its metrics, validate may give None for its result. `best` entries
-  passed to `results` carry 'stopped_after' (its last trained epoch) for a model that
-  stopped early.
-  """
+  @property
+  def key(self) -> str:  # the rows', records' and results' name of `select`
+    return checkpoints.best_key(self.select)
+
+  @classmethod
+  def from_config(cls, config) -> Plan:
+    t = config.train
+    return cls(epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, eval_every=t.eval_every,
+               patience=t.patience, keep_latest=t.keep_latest, select=config.eval.select)
+
+
+class Trainee(Protocol):
+  """One model or M models, as the loop trains them (the module docstring)."""
   labels: list[dict[str, Any]]
-  passes: int  # shuffled passes over the training users per epoch
+  phases: tuple  # of models.Phase
+  mesh: Any
+  after_fns: dict
 
   def init(self) -> Any: ...
-  def train_epoch(self, carry, epoch: int, active: list[bool]
-                  ) -> tuple[Any, list[dict[str, float] | None]]: ...
-  def validate(self, carry, active: list[bool]) -> list[EvalResult | None]: ...
+  def step_of(self, carry) -> Any: ...
+  def take(self, carry, active: list[bool]) -> Any: ...
+  def put(self, carry, state, active: list[bool]) -> Any: ...
+  def steps(self, active: list[bool]) -> dict: ...
+  def validate(self, carry, active: list[bool]) -> list[EvalResult]: ...
   def keep_best(self, carry, improved: list[bool]) -> Any: ...
   def save(self, mngr, epoch: int, carry, record: dict, val: float | None) -> None: ...
   def best_of_record(self, record: dict) -> list[dict]: ...
@@ -58,55 +98,57 @@ class Trainee(Protocol):
   def results(self, best: list[dict], tests: list[EvalResult], seconds: float) -> dict: ...
 
 
-# -- epochs -------------------------------------------------------------------------------
-
-def run_epoch(step_fn, state, hparams, split: Split, config, mesh, epoch: int, *,
-              progress: bool = True, pass_index: int = 0, label: str = ''):
-  """One shuffled pass over the training users; per-step metrics stay on the device.
-
-  A long epoch shows a progress line (console.Progress); checking it syncs with
-  the device at most once a second, so the step pipeline stays full.
-  """
+def run_pass(step, state, train, batch_size: int, seed: int, epoch: int, mesh, *,
+             pass_index: int = 0, title: str = ''):
+  """One pass over the training users, shuffled on (seed, epoch, pass_index); returns
+  (state, each step's metrics), left on the device. A long pass shows a progress line
+  (console.Progress); checking it syncs with the device at most once a second, so the
+  step pipeline stays full."""
   history = []
-  n_train, b = split.train.shape[0], config.train.batch_size
-  bar = console.Progress(f'epoch {epoch}/{config.train.epochs}{label}', -(-n_train // b),
-                         enabled=progress and jax.process_index() == 0)
+  n_train = train.shape[0]
+  bar = console.Progress(title or f'epoch {epoch}', -(-n_train // batch_size),
+                         enabled=jax.process_index() == 0)
   for i, batch in enumerate(input_pipeline.prefetch(input_pipeline.epoch_batches(
-      split.train, b, config.train.seed, epoch, mesh, pass_index)), 1):
-    state, m = step_fn(state, batch, hparams)
+      train, batch_size, seed, epoch, mesh, pass_index)), 1):
+    state, m = step(state, batch)
     history.append(m)
     if bar.due():
       jax.block_until_ready(m)
-      bar.update(i, min(i * b, n_train))
+      bar.update(i, min(i * batch_size, n_train))
   bar.close()
   return state, history
 
 
-def run_phases(model, phase_steps: dict, after_fns: dict, state, hparams, split: Split,
-               config, mesh, epoch: int):
-  """One epoch of a model's phases, in order: each phase's passes (pass k of the epoch
-  shuffled on (seed, epoch, k)), then its `after` hook. Returns (state, {phase: history})."""
+def train_epoch(trainee: Trainee, carry, active: list[bool], train, epoch: int, *,
+                batch_size: int, seed: int, epochs: int):
+  """One epoch of the active models: each phase's passes in order (pass k of the epoch
+  shuffled on (seed, epoch, k)), then its `after` hook. Returns (carry, each model's
+  epoch metrics, None for a stopped model); `epochs` only labels the progress line."""
+  state, phase_steps = trainee.take(carry, active), trainee.steps(active)
+  phases = trainee.phases
+  multi = len(phases) > 1 or phases[0].passes > 1
   histories, k = {}, 0
-  multi = len(model.phases) > 1 or model.phases[0].passes > 1
-  for phase in model.phases:
+  for phase in phases:
     histories[phase.name] = []
     for j in range(phase.passes):
       label = f' {phase.name} {j + 1}/{phase.passes}' if multi else ''
-      state, h = run_epoch(phase_steps[phase.name], state, hparams, split, config, mesh, epoch,
-                           pass_index=k, label=label)
+      state, h = run_pass(phase_steps[phase.name], state, train, batch_size, seed, epoch,
+                          trainee.mesh, pass_index=k, title=f'epoch {epoch}/{epochs}{label}')
       histories[phase.name] += h
       k += 1
-    if phase.name in after_fns:
-      state = after_fns[phase.name](state)
-  return state, histories
+    if phase.name in trainee.after_fns:
+      state = trainee.after_fns[phase.name](state)
+  carry = trainee.put(carry, state, active)
+  return carry, _spread(epoch_metrics(phases, histories, sum(active)), active)
 
 
-def _means(history: list[dict], n_models: int | None) -> list[dict[str, float]]:
-  """Per-model means over an epoch's steps (beta: its last value); one host transfer."""
+def _means(history: list[dict], n_models: int) -> list[dict[str, float]]:
+  """Per-model means over a phase's steps (beta: its last value); one host transfer.
+  One model's metrics are scalars, M models' have a leading model axis."""
   if not history:
-    return [{} for _ in range(n_models or 1)]
+    return [{} for _ in range(n_models)]
   stacked = jax.device_get(jax.tree.map(lambda *v: jnp.stack(v), *history))
-  if n_models is None:
+  if stacked['loss'].ndim == 1:
     stacked = {k: v[:, None] for k, v in stacked.items()}
   out = []
   for m in range(stacked['loss'].shape[1]):
@@ -116,11 +158,11 @@ def _means(history: list[dict], n_models: int | None) -> list[dict[str, float]]:
   return out
 
 
-def epoch_metrics(model, histories: dict, n_models: int | None = None) -> list[dict]:
+def epoch_metrics(phases, histories: dict, n_models: int = 1) -> list[dict]:
   """Each model's host means of the epoch's metrics: the first phase's as loss, kl, ...;
   with several phases also each phase's as <phase>_loss, <phase>_kl, ..."""
   per = {name: _means(h, n_models) for name, h in histories.items()}
-  out = [dict(m) for m in per[model.phases[0].name]]
+  out = [dict(m) for m in per[phases[0].name]]
   if len(per) > 1:
     for name, ms in per.items():
       for row, m in zip(out, ms):
@@ -128,7 +170,10 @@ def epoch_metrics(model, histories: dict, n_models: int | None = None) -> list[d
   return out
 
 
-# -- the loop -----------------------------------------------------------------------------
+def _spread(values: list, active: list[bool]) -> list:
+  it = iter(values)  # the active models' values in order; None for a stopped model
+  return [next(it) if a else None for a in active]
+
 
 def _stopped(b: dict, epoch: int, patience: int) -> bool:
   """Early stopping of one model after `epoch`: its best validation pass is `patience`
@@ -141,76 +186,86 @@ def _stale(best: list[dict], epoch: int, patience: int) -> bool:
   return all(_stopped(b, epoch, patience) for b in best)
 
 
-def run(config, wd, split: Split, step_of, trainee: Trainee, *,
+def _resume(mngr, wd, trainee: Trainee, key: str):
+  """(carry, first epoch to train, best per model): fresh, or from the latest checkpoint."""
+  carry = trainee.init()
+  best = [{'epoch': 0, 'step': 0, key: -math.inf} for _ in trainee.labels]
+  latest = mngr.latest_step()
+  if latest is None:
+    wd.truncate_metrics(0)  # a kill before the first checkpoint: its rows are not resumed
+    return carry, 1, best
+  carry, record = checkpoints.restore(mngr, latest, checkpoints.abstract_of(carry))
+  wd.truncate_metrics(record['epoch'])
+  log.info('resumed from epoch %d (step %d) in %s', record['epoch'], record['step'], wd.path)
+  return carry, record['epoch'] + 1, trainee.best_of_record(record)
+
+
+def _check_finite(trains: list, labels: list, epoch: int, step: int, wd) -> None:
+  """The NaN stop: before this epoch's checkpoint, so the saved ones stay usable."""
+  bad = [i for i, m in enumerate(trains)
+         if m is not None and not all(math.isfinite(v) for v in m.values())]
+  if bad:
+    which = '' if len(labels) == 1 else f' for models {[labels[i] for i in bad]}'
+    raise TrainingDiverged(
+        f'non-finite training loss at epoch {epoch} (step {step}){which}: '
+        f'{trains[bad[0]]}. Checkpoints up to epoch {epoch - 1} in '
+        f'{wd.path / "checkpoints"} are intact; lower train.learning_rate or check the '
+        'input data.')
+
+
+def run(wd, split: Split, trainee: Trainee, plan: Plan, *,
         stop_after_epoch: int | None = None, results_file: str = 'results.json',
         score_test: bool = True) -> dict:
   """Trains (or resumes) `trainee` in workdir `wd`; returns and writes the results.
 
-  step_of(carry) -> the global step. `stop_after_epoch` ends early without the final
-  test, as a kill would (tests of resumption). `score_test=False` leaves the test users
-  unscored (a tuner's rounds, which must choose on validation alone).
+  `stop_after_epoch` ends early without the final test, as a kill would (tests of
+  resumption). `score_test=False` leaves the test users unscored (a tuner's rounds, which
+  must choose on validation alone).
   """
-  mngr = checkpoints.manager(wd.path, config.train.keep_latest)
-  carry = trainee.init()
-  n = len(trainee.labels)
-  start_epoch, best = 1, [{'epoch': 0, 'step': 0, BEST: -math.inf} for _ in range(n)]
-  latest = mngr.latest_step()
-  if latest is None:
-    wd.truncate_metrics(0)  # a kill before the first checkpoint: its rows are not resumed
-  else:
-    carry, record = checkpoints.restore(mngr, latest, checkpoints.abstract_of(carry))
-    start_epoch, best = record['epoch'] + 1, trainee.best_of_record(record)
-    wd.truncate_metrics(record['epoch'])
-    log.info('resumed from epoch %d (step %d) in %s', record['epoch'], record['step'], wd.path)
-
-  t, n_train = config.train, split.train.shape[0]
+  key, patience = plan.key, plan.patience
+  mngr = checkpoints.manager(wd.path, plan.keep_latest)
+  carry, start_epoch, best = _resume(mngr, wd, trainee, key)
+  n, n_train = len(trainee.labels), split.train.shape[0]
+  passes = sum(p.passes for p in trainee.phases)
   epoch_times, stopped_at, was_active = [], None, [True] * n
-  for epoch in range(start_epoch, t.epochs + 1):
-    if _stale(best, epoch - 1, t.patience):
+  for epoch in range(start_epoch, plan.epochs + 1):
+    if _stale(best, epoch - 1, patience):
       stopped_at = epoch - 1
       break
-    active = [not _stopped(b, epoch - 1, t.patience) for b in best]
+    active = [not _stopped(b, epoch - 1, patience) for b in best]
     for i in range(n):
       if was_active[i] and not active[i]:
         log.info('model %s stopped after epoch %d: no validation gain in %d epochs '
                  '(train.patience); the others go on', trainee.labels[i],
-                 best[i]['epoch'] + t.patience, t.patience)
+                 best[i]['epoch'] + patience, patience)
     was_active = active
     t0 = time.perf_counter()
-    carry, trains = trainee.train_epoch(carry, epoch, active)
+    carry, trains = train_epoch(trainee, carry, active, split.train, epoch,
+                                batch_size=plan.batch_size, seed=plan.seed, epochs=plan.epochs)
     t_train = time.perf_counter() - t0
-    step = int(jax.device_get(step_of(carry)))
-    bad = [i for i, m in enumerate(trains)
-           if m is not None and not all(math.isfinite(v) for v in m.values())]
-    if bad:
-      which = '' if n == 1 else f' for models {[trainee.labels[i] for i in bad]}'
-      raise TrainingDiverged(
-          f'non-finite training loss at epoch {epoch} (step {step}){which}: '
-          f'{trains[bad[0]]}. Checkpoints up to epoch {epoch - 1} in '
-          f'{wd.path / "checkpoints"} are intact; lower train.learning_rate or check the '
-          'input data.')
-    n_active = sum(active)
+    step = int(jax.device_get(trainee.step_of(carry)))
+    _check_finite(trains, trainee.labels, epoch, step, wd)
     rows = [None if m is None else
             {'epoch': epoch, 'step': step, **label,
              **{f'train_{k}': v for k, v in m.items() if k != 'beta'}, 'beta': m['beta'],
-             'users_per_s': n_train * trainee.passes * n_active / t_train,
+             'users_per_s': n_train * passes * sum(active) / t_train,
              'train_seconds': t_train}
             for label, m in zip(trainee.labels, trains)]
     val = None
-    if epoch % t.eval_every == 0 or epoch == t.epochs:
+    if epoch % plan.eval_every == 0 or epoch == plan.epochs:
       t1 = time.perf_counter()
-      results = trainee.validate(carry, active)
+      results = _spread(trainee.validate(carry, active), active)
       t_eval = time.perf_counter() - t1
       improved = [False] * n
       for i, (row, res) in enumerate(zip(rows, results)):
         if row is None:
           continue
         row.update({f'val_{k}': v for k, v in res.summary().items()}, eval_seconds=t_eval)
-        improved[i] = row[BEST] > best[i][BEST]
+        improved[i] = row[key] > best[i][key]  # ties keep the first epoch
         if improved[i]:
-          best[i] = {'epoch': epoch, 'step': step, BEST: row[BEST]}
+          best[i] = {'epoch': epoch, 'step': step, key: row[key]}
       carry = trainee.keep_best(carry, improved)
-      val = next(r for r in rows if r is not None)[BEST]
+      val = next(r for r in rows if r is not None)[key]
     trainee.save(mngr, epoch, carry, {'epoch': epoch, 'step': step, 'best': best}, val)
     seconds = time.perf_counter() - t0
     for row in rows:
@@ -219,7 +274,7 @@ def run(config, wd, split: Split, step_of, trainee: Trainee, *,
         wd.log_epoch(row)
     epoch_times.append(seconds)
     log.info('%s', trainee.epoch_line(rows, best, np.mean(epoch_times[-5:]) *
-                                      (t.epochs - epoch)))
+                                      (plan.epochs - epoch)))
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
       mngr.wait_until_finished()
       return {}
@@ -228,10 +283,10 @@ def run(config, wd, split: Split, step_of, trainee: Trainee, *,
     raise RuntimeError('no validation pass ran: nothing to select the best epoch from')
   if stopped_at is not None:
     log.info('early stop after epoch %d: no validation gain in %d epochs (train.patience)',
-             stopped_at, t.patience)
-  last = stopped_at or t.epochs
-  best = [{**b, 'stopped_after': b['epoch'] + t.patience}
-          if _stopped(b, last, t.patience) and b['epoch'] + t.patience < t.epochs else b
+             stopped_at, patience)
+  last = stopped_at or plan.epochs
+  best = [{**b, 'stopped_after': b['epoch'] + patience}
+          if _stopped(b, last, patience) and b['epoch'] + patience < plan.epochs else b
           for b in best]
   t1 = time.perf_counter()
   tests = trainee.test(mngr, carry, best) if score_test else [None] * n
@@ -240,4 +295,3 @@ def run(config, wd, split: Split, step_of, trainee: Trainee, *,
     results['stopped_early_at'] = stopped_at
   wd.write_results(results, results_file)
   return results
-

@@ -37,7 +37,6 @@ from vaecf.config import SWEEP_MODES, ConfigError, parse_grid
 from vaecf.data.types import Split
 
 log = logging.getLogger(__name__)
-BEST = checkpoints.BEST_METRIC
 # The trainer's traced knobs and the config keys that set them; a model's own `hparams`
 # are set by config.model.<name>.
 TRAIN_KNOBS = {'anneal_cap': 'anneal_cap', 'constant_beta': 'constant_beta',
@@ -202,12 +201,6 @@ def _put(tree, idx, part):
   return jax.tree.map(lambda a, p: a.at[idx].set(p), tree, part)
 
 
-def _spread(values: list, active: list[bool]) -> list:
-  """One entry per model: the active models' values in order, None for the others."""
-  it = iter(values)
-  return [next(it) if a else None for a in active]
-
-
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _keep_best(best_M, params_M, improved_M):
   def pick(b, p):
@@ -245,19 +238,27 @@ def _warn_unreachable(config, points, n_train: int) -> None:
 
 
 class _Sweep:
-  """The loop's trainee for M models: the checkpoint (only the latest is kept) holds every
-  model's state and its best-so-far parameters, since the models peak at other epochs."""
+  """The loop's trainee for M models (vaecf.loop's protocol): the carry is every model's
+  state and its best-so-far parameters, since the models peak at other epochs; the
+  checkpoint (only the latest is kept) holds both.
+
+  Models that stopped early are left out of the step (the M' still training are one
+  smaller sweep, compiled once per M'), so they cost nothing and keep their state. The
+  M' copies live beside the M states for the epoch: (M + M') / M of their memory.
+  """
 
   def __init__(self, config, split, mesh, model, optimizer, init_key, points, models_per_pass):
     self.config, self.split, self.mesh, self.model = config, split, mesh, model
     self.optimizer, self.init_key, self.points = optimizer, init_key, points
+    self.select, self.metrics = config.eval.select, tuple(config.eval.metrics)
+    self.key = checkpoints.best_key(self.select)
     # Rows and lines are labelled by the first knob whose value differs between models.
     varying = [k for k in points[0] if len({p[k] for p in points}) > 1]
     self.primary = (varying or list(points[0]))[0]
     self.tags = ['/'.join(f'{p[k]:g}' for k in varying or [self.primary]) for p in points]
     self.labels = [{'model': i, 'sweep_value': p[self.primary],
                     **({'sweep_point': p} if len(p) > 1 else {})} for i, p in enumerate(points)]
-    self.passes = sum(p.passes for p in model.phases)
+    self.phases = model.phases
     self.phase_steps = make_sweep_steps(model, optimizer, mesh, config.train.seed,
                                         models_per_pass=models_per_pass)
     self.after_fns = make_sweep_after_fns(model)
@@ -273,29 +274,34 @@ class _Sweep:
     return {'states': states, 'best_params': jax.jit(lambda p: jax.tree.map(jnp.copy, p))(
         states['params'])}
 
-  def train_epoch(self, carry, epoch, active):
-    # Models that stopped early are left out of the step (the M' still training are one
-    # smaller sweep, compiled once per M'), so they cost nothing and keep their state. The
-    # M' copies live beside the M states for the epoch: (M + M') / M of their memory.
+  def step_of(self, carry):
+    return carry['states']['step']
+
+  def take(self, carry, active):
     states, idx = carry['states'], _indices(active)
-    hp = self.hparams if idx is None else _take(self.hparams, idx)
-    part = states if idx is None else {'step': states['step'],
+    return states if idx is None else {'step': states['step'],
                                        **_take(_per_model(states), idx)}
-    part, histories = loop.run_phases(self.model, self.phase_steps, self.after_fns, part, hp,
-                                      self.split, self.config, self.mesh, epoch)
+
+  def put(self, carry, part, active):
+    idx = _indices(active)
     if idx is not None:
-      part = {'step': part['step'], **_put(_per_model(states), idx, _per_model(part))}
-    return ({**carry, 'states': part},
-            _spread(loop.epoch_metrics(self.model, histories, sum(active)), active))
+      part = {'step': part['step'], **_put(_per_model(carry['states']), idx, _per_model(part))}
+    return {**carry, 'states': part}
+
+  def steps(self, active):
+    idx = _indices(active)
+    hp = self.hparams if idx is None else _take(self.hparams, idx)
+    return {name: (lambda states, batch, fn=fn: fn(states, batch, hp))
+            for name, fn in self.phase_steps.items()}
 
   def _evaluate(self, params_M, which, n_models):
     return evaluation.evaluate_models(self.for_params(params_M), *self.split.heldout(which),
-                                      n_models, batch_size=self.eval_batch)
+                                      n_models, metrics=self.metrics,
+                                      batch_size=self.eval_batch)
 
   def validate(self, carry, active):
     idx, params = _indices(active), carry['states']['params']
-    return _spread(self._evaluate(params if idx is None else _take(params, idx), 'val',
-                                  sum(active)), active)
+    return self._evaluate(params if idx is None else _take(params, idx), 'val', sum(active))
 
   def keep_best(self, carry, improved):
     return {**carry, 'best_params': _keep_best(carry['best_params'], carry['states']['params'],
@@ -315,18 +321,20 @@ class _Sweep:
   def epoch_line(self, rows, best, eta):
     r = next(row for row in rows if row is not None)
     return (f'epoch {r["epoch"]}/{self.config.train.epochs} step {r["step"]} | '
-            f'{r["seconds"]:.1f}s | val ndcg@100 ' + ' '.join(
-                f'{tag}:stopped' if row is None else f'{tag}:{row.get(BEST, math.nan):.4f}'
+            f'{r["seconds"]:.1f}s | val {self.select} ' + ' '.join(
+                f'{tag}:stopped' if row is None else f'{tag}:{row.get(self.key, math.nan):.4f}'
                 for tag, row in zip(self.tags, rows)))
 
   def results(self, best, tests, seconds):
-    c = self.config
+    c, key = self.config, self.key
     return {
         'model': c.model.name, 'dataset': c.data.name,
         'mode': c.sweep.mode if not c.sweep.grid else 'grid', 'knob': self.primary,
         'values': [p[self.primary] for p in self.points], 'points': self.points,
+        'select': self.select,
         'models': [{'index': i, 'value': p[self.primary], 'point': p,
-                    'best_epoch': b['epoch'], 'best_step': b['step'], BEST: b[BEST],
+                    'best_epoch': b['epoch'], 'best_step': b['step'], key: b[key],
+                    'select': self.select,
                     **({'stopped_after_epoch': b['stopped_after']} if 'stopped_after' in b
                        else {}),
                     **({'test': t.summary(), 'n_test_users': t.n_users} if t else {})}
@@ -346,7 +354,8 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
 
   metrics.jsonl holds one row per (epoch, model) with 'model' and 'sweep_value' (and
   'sweep_point' for a grid of several knobs); the latest checkpoint holds every model's
-  state and best-so-far parameters.
+  state and best-so-far parameters. Each model's best epoch is by `config.eval.select`,
+  whose value its record holds under 'val_<select>' (and the name under 'select').
   """
   points = grid_points(config) if points is None else [dict(p) for p in points]
   if not points or any(set(p) != set(points[0]) for p in points):
@@ -362,7 +371,7 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
   try:
     _warn_unreachable(config, points, split.train.shape[0])
     trainee = _Sweep(config, split, mesh, model, optimizer, init_key, points, models_per_pass)
-    return loop.run(config, wd, split, lambda carry: carry['states']['step'], trainee,
+    return loop.run(wd, split, trainee, loop.Plan.from_config(config),
                     stop_after_epoch=stop_after_epoch, results_file='sweep.json',
                     score_test=score_test)
   finally:

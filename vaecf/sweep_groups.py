@@ -6,7 +6,8 @@ their values of those knobs and each group is an ordinary vaecf.sweep over the t
 knobs, in DIR/<knob>=<value>[,...]/ (resumable on its own). A group with no traced knob
 left is a sweep of one model: the single run. The groups' results are merged into one
 record, DIR/groups.json, whose models carry their whole point, their group's workdir and
-their index there.
+their index there (and, as in a sweep's record, their best validation value under
+'val_<config.eval.select>').
 
 `hidden_dims=v` sets every hidden layer to width v, keeping the depth of the config's
 `model.hidden_dims` (which must then be set, so that the depth is stated).
@@ -115,7 +116,8 @@ def train_groups(config, workdir: str | Path, *, split: Split,
   first = points[0]
   results = {'model': config.model.name, 'dataset': config.data.name, 'mode': 'grid',
              'knob': next(iter(first)), 'values': [p[next(iter(first))] for p in points],
-             'points': points, 'models': merged, 'groups': group_records,
+             'points': points, 'select': config.eval.select, 'models': merged,
+             'groups': group_records,
              'test_eval_seconds': sum(g['test_eval_seconds'] for g in group_records)}
   workdir.mkdir(parents=True, exist_ok=True)
   atomic_write(workdir / GROUPS_FILE, json.dumps(results, indent=2))

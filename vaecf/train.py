@@ -1,16 +1,15 @@
 """`train_and_evaluate(config, workdir)`: the one trainer every model goes through.
 
 Trains on the training users, selects the epoch with the best validation
-NDCG@100, checkpoints (latest + best), resumes after a kill, and reports the
-test metrics of the best checkpoint (docs/protocol.md).
+`config.eval.select` (NDCG@100 by default), checkpoints (latest + best), resumes after a
+kill, and reports the test metrics (`config.eval.metrics`) of the best checkpoint
+(docs/protocol.md).
 """
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import sys
 from pathlib import Path
+from typing import Sequence
 
 import jax
 
@@ -25,27 +24,19 @@ log = logging.getLogger(__name__)
 
 
 def import_model_module(config) -> None:
-  """Imports `config.model.module` so an experiment can register its model.
-
-  The name is resolved as usual and then against the current directory, so
-  `experiments.x` works from a checkout whether vaecf runs as `python -m` or
-  through an installed console script (which does not put the directory on the path).
-  """
-  name = config.model.module
-  if not name:
-    return
-  try:
-    importlib.import_module(name)
-  except ModuleNotFoundError as e:
-    if e.name != name.split('.')[0] or os.getcwd() in sys.path:
-      raise
-    sys.path.insert(0, os.getcwd())
-    importlib.import_module(name)
+  """Imports `config.model.module` so a user's model can register itself
+  (vaecf.models.import_module: the current directory is searched too, and the modules
+  of models that moved into vaecf.models name the installed ones)."""
+  models.import_module(config.model.module)
 
 
-def evaluate_params(for_params, batch: int, params, split: Split, which: str):
+def evaluate_params(for_params, batch: int, params, split: Split, which: str,
+                    metrics: Sequence[str] | None = None):
+  """`params` scored on the 'val' or 'test' users; `metrics` (config.eval.metrics) or
+  the evaluator's default."""
   fold_in, targets = split.heldout(which)
-  return evaluation.evaluate(for_params(params), fold_in, targets, batch_size=batch)
+  return evaluation.evaluate(for_params(params), fold_in, targets, batch_size=batch,
+                             **({} if metrics is None else {'metrics': tuple(metrics)}))
 
 
 def setup(config, workdir: str | Path, split: Split | None = None, check=None):
@@ -70,10 +61,11 @@ def setup(config, workdir: str | Path, split: Split | None = None, check=None):
   return wd, split, distributed.make_mesh(), model, steps.make_optimizer(config), init_key
 
 
-def _epoch_line(model, epochs: int, row: dict, best: dict, eta: float) -> str:
-  val = row.get(checkpoints.BEST_METRIC)
-  val_txt = (f'val ndcg@100 {val:.4f} (best {best[checkpoints.BEST_METRIC]:.4f} @ '
-             f'{best["epoch"]})' if val is not None else 'no eval')
+def _epoch_line(model, epochs: int, select: str, row: dict, best: dict, eta: float) -> str:
+  key = checkpoints.best_key(select)
+  val = row.get(key)
+  val_txt = (f'val {select} {val:.4f} (best {best[key]:.4f} @ {best["epoch"]})'
+             if val is not None else 'no eval')
   kl_txt = (f" kl {row.get('train_kl', 0.0):.2f} beta {row['beta']:.4f}"
             if model.uses_beta else '')
   return (f'epoch {row["epoch"]}/{epochs} step {row["step"]} | loss {row["train_loss"]:.2f}'
@@ -90,23 +82,29 @@ def train_and_evaluate(config, workdir: str | Path, *, split: Split | None = Non
   """
   wd, split, mesh, model, optimizer, init_key = setup(config, workdir, split)
   try:
-    return _train(config, wd, split, mesh, model, optimizer, init_key, stop_after_epoch)
+    trainee = _Single(config, split, mesh, model, optimizer, init_key)
+    return loop.run(wd, split, trainee, loop.Plan.from_config(config),
+                    stop_after_epoch=stop_after_epoch)
   finally:
     wd.close()
 
 
 class _Single:
-  """The loop's trainee for one model: the checkpoint holds the train state; the best
-  epoch's checkpoint is kept on disk and restored for the test."""
+  """The loop's trainee for one model (vaecf.loop's protocol): the carry is the train
+  state; the best epoch's checkpoint is kept on disk and restored for the test."""
 
   def __init__(self, config, split, mesh, model, optimizer, init_key):
     self.config, self.split, self.mesh, self.model = config, split, mesh, model
     self.optimizer, self.init_key = optimizer, init_key
-    self.labels, self.passes = [{}], sum(p.passes for p in model.phases)
-    self.phase_steps = steps.make_phase_steps(model, optimizer, mesh, config.train.seed)
+    self.select, self.metrics = config.eval.select, tuple(config.eval.metrics)
+    self.key = checkpoints.best_key(self.select)
+    self.labels, self.phases = [{}], model.phases
+    hparams = steps.hparams_from_config(config, model)
+    self.phase_steps = {
+        name: (lambda state, batch, fn=fn: fn(state, batch, hparams))
+        for name, fn in steps.make_phase_steps(model, optimizer, mesh, config.train.seed).items()}
     self.after_fns = {p.name: steps.make_after_fn(p) for p in model.phases
                       if p.after is not None}
-    self.hparams = steps.hparams_from_config(config, model)
     self.for_params, self.eval_batch = steps.make_scorer(model, mesh,
                                                          config.train.eval_batch_size)
 
@@ -114,49 +112,52 @@ class _Single:
     return jax.jit(lambda k: steps.init_state(self.model, self.optimizer, k),
                    out_shardings=distributed.replicated(self.mesh))(self.init_key)
 
-  def train_epoch(self, state, epoch, active):
-    del active  # one model: the loop ends when it stops
-    state, histories = loop.run_phases(self.model, self.phase_steps, self.after_fns, state,
-                                       self.hparams, self.split, self.config, self.mesh, epoch)
-    return state, loop.epoch_metrics(self.model, histories)
+  def step_of(self, state):
+    return state['step']
+
+  # One model: the loop ends when it stops, so it is always the one active model.
+  def take(self, state, active):
+    return state
+
+  def put(self, state, new, active):
+    return new
+
+  def steps(self, active):
+    return self.phase_steps
+
+  def _evaluate(self, params, which):
+    return evaluate_params(self.for_params, self.eval_batch, params, self.split, which,
+                           self.metrics)
 
   def validate(self, state, active):
-    del active
-    return [evaluate_params(self.for_params, self.eval_batch, state['params'], self.split,
-                            'val')]
+    return [self._evaluate(state['params'], 'val')]
 
   def keep_best(self, state, improved):
     return state  # the best epoch's checkpoint is the copy
 
   def save(self, mngr, epoch, state, record, val):
-    checkpoints.save(mngr, epoch, state, {**record, 'best': record['best'][0]}, val)
+    checkpoints.save(mngr, epoch, state, {**record, 'best': record['best'][0]}, val, self.key)
 
   def best_of_record(self, record):
     return [record['best']]
 
   def test(self, mngr, state, best):
     best_state, _ = checkpoints.restore(mngr, best[0]['epoch'], checkpoints.abstract_of(state))
-    return [evaluate_params(self.for_params, self.eval_batch, best_state['params'],
-                            self.split, 'test')]
+    return [self._evaluate(best_state['params'], 'test')]
 
   def epoch_line(self, rows, best, eta):
-    return _epoch_line(self.model, self.config.train.epochs, rows[0], best[0], eta)
+    return _epoch_line(self.model, self.config.train.epochs, self.select, rows[0], best[0],
+                       eta)
 
   def results(self, best, tests, seconds):
     (b,), (test,) = best, tests
     log.info('%s', console.results_table(
-        test.summary(), f'test, best epoch {b["epoch"]} (val ndcg@100 '
-        f'{b[checkpoints.BEST_METRIC]:.4f}), {test.n_users} users:'))
+        test.summary(), f'test, best epoch {b["epoch"]} (val {self.select} '
+        f'{b[self.key]:.4f}), {test.n_users} users:'))
     return {
         'model': self.config.model.name, 'dataset': self.config.data.name,
         'best_epoch': b['epoch'], 'best_step': b['step'],
-        'val_ndcg@100': b[checkpoints.BEST_METRIC],
+        self.key: b[self.key], 'select': self.select,
         'test': test.summary(), 'n_test_users': test.n_users, 'test_eval_seconds': seconds,
         'devices': self.mesh.devices.size, 'platform': jax.devices()[0].platform,
     }
-
-
-def _train(config, wd, split, mesh, model, optimizer, init_key, stop_after_epoch):
-  trainee = _Single(config, split, mesh, model, optimizer, init_key)
-  return loop.run(config, wd, split, lambda state: state['step'], trainee,
-                  stop_after_epoch=stop_after_epoch)

@@ -170,7 +170,8 @@ def _netflix_lines(movie: np.ndarray, before: int, users: np.ndarray, rng, dates
 def run_pipeline(kind: str, data_path: Path, folder: Path, scale: float) -> dict:
   cache, export = folder / 'cache', folder / 'export'
   shutil.rmtree(cache, ignore_errors=True)  # a cache hit would time nothing
-  cmd = [sys.executable, '-m', 'vaecf.data', f'--config={REPO / "configs" / f"{kind}.py"}',
+  config = f'{REPO / "configs" / "multvae.py"}:{kind}'  # the dataset's preset
+  cmd = [sys.executable, '-m', 'vaecf.data', f'--config={config}',
          f'--config.data.path={data_path}', f'--config.data.cache_dir={cache}',
          f'--export_dir={export}']
   if scale != 1.0:

@@ -31,10 +31,12 @@ from ml_collections import config_flags
 from vaecf.tools import tune
 from vaecf import console, evaluate
 from vaecf.common import atomic_write
-from vaecf.config import validate
+from vaecf.config import ConfigError, validate
 from vaecf.data import load_split
 
 log = logging.getLogger(__name__)
+# Scored besides eval.metrics: the paper's three, which the summary and the docs show.
+DEFAULT_SHOWN = ('recall@20', 'recall@50', 'ndcg@100')
 
 
 def weight_grid(n_members: int, steps: int) -> np.ndarray:
@@ -77,6 +79,13 @@ def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
   if split is None:
     split, _ = load_split(config.data)
   state = json.loads((tune_dir / 'tune.json').read_text())
+  select = config.eval.select
+  if state.get('select', tune.DEFAULT_SELECT) != select:
+    raise ConfigError(f'{tune_dir} was tuned by validation '
+                      f'{state.get("select", tune.DEFAULT_SELECT)}; weights chosen by '
+                      f'eval.select={select!r} would mix two criteria: pass the tune\'s '
+                      '--config.eval.select')
+  metrics = tuple(dict.fromkeys((*config.eval.metrics, *DEFAULT_SHOWN)))
   scorers = [tune.chosen_scorer(m, tune_dir, split, state) for m in members]
   fns = [f for f, _ in scorers]
   grid = weight_grid(len(members), steps)
@@ -85,45 +94,54 @@ def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
                      + [b for _, b in scorers]))
   t0 = time.perf_counter()
   val = evaluate.evaluate_models(mixed_score_fn(fns, grid), *split.heldout('val'),
-                                 len(grid), batch_size=batch)
-  val_ndcg = np.array([r.mean('ndcg@100') for r in val])
-  best = int(np.argmax(val_ndcg))  # ties: the first, so a corner (one member) wins them
+                                 len(grid), metrics=metrics, batch_size=batch)
+  val_score = np.array([r.mean(select) for r in val])
+  best = int(np.argmax(val_score))  # ties: the first, so a corner (one member) wins them
   chosen = grid[best]
   # The choice is made; the corners ride along on test only for paired differences.
   scored = np.concatenate([chosen[None], grid[:len(members)]])
   test, *alone = evaluate.evaluate_models(mixed_score_fn(fns, scored), *split.heldout('test'),
-                                          len(scored), batch_size=batch)
+                                          len(scored), metrics=metrics, batch_size=batch)
+  # Paired user by user on a per-user metric: the selected one, else (a catalogue metric
+  # such as coverage has no per-user values) NDCG@100.
+  per_user = select if select in test.per_user else 'ndcg@100'
   paired = {}
   for m, r in zip(members, alone):
-    d = test.per_user['ndcg@100'] - r.per_user['ndcg@100']
+    d = test.per_user[per_user] - r.per_user[per_user]
     paired[m] = {'mean': float(d.mean()), 'se': float(d.std() / np.sqrt(len(d)))}
-  out = {'dataset': config.data.name, 'members': members, 'steps': steps,
+  key = f'val_{select}'
+  out = {'dataset': config.data.name, 'members': members, 'steps': steps, 'select': select,
          'weights': dict(zip(members, map(float, chosen))),
-         'val_ndcg@100': float(val_ndcg[best]),
-         'grid': [{'weights': list(map(float, w)), 'val_ndcg@100': float(v)}
-                  for w, v in zip(grid, val_ndcg)],
-         'members_alone': {m: {'val_ndcg@100': float(val_ndcg[k]),
+         key: float(val_score[best]),
+         'grid': [{'weights': list(map(float, w)), key: float(v)}
+                  for w, v in zip(grid, val_score)],
+         'members_alone': {m: {key: float(val_score[k]),
                                'test': state['models'][m]['test']}
                            for k, m in enumerate(members)},
-         'test': test.summary(), 'n_test_users': test.n_users,
-         'test_ndcg@100_minus_member': paired, 'seconds': time.perf_counter() - t0}
+         'test': test.summary(), 'n_test_users': test.n_users, 'paired_metric': per_user,
+         f'test_{per_user}_minus_member': paired, 'seconds': time.perf_counter() - t0}
   atomic_write(tune_dir / f'ensemble_{"+".join(members)}_steps{steps}.json',
                json.dumps(out, indent=2))
   return out
 
 
+def _pm(t: dict, m: str) -> str:
+  return f'{t[m]:.4f}' + (f' ± {t[m + "_se"]:.4f}' if m + '_se' in t else '')
+
+
 def summary(out: dict) -> str:
-  t = out['test']
+  t, select = out['test'], out.get('select', tune.DEFAULT_SELECT)
+  paired_metric = out.get('paired_metric', 'ndcg@100')
   weights = ', '.join(f'{m} {w:.2f}' for m, w in out['weights'].items())
   lines = [f'{out["dataset"]}: ensemble weights chosen on validation: {weights} '
-           f'(val NDCG@100 {out["val_ndcg@100"]:.4f})',
-           f'  test ({out["n_test_users"]} users): Recall@20 {t["recall@20"]:.4f} ± '
-           f'{t["recall@20_se"]:.4f}, Recall@50 {t["recall@50"]:.4f} ± '
-           f'{t["recall@50_se"]:.4f}, NDCG@100 {t["ndcg@100"]:.4f} ± {t["ndcg@100_se"]:.4f}']
+           f'(val {select} {out[f"val_{select}"]:.4f})',
+           f'  test ({out["n_test_users"]} users): ' +
+           ', '.join(f'{m} {_pm(t, m)}' for m in t if not m.endswith('_se'))]
   for m, a in out['members_alone'].items():
-    d = out['test_ndcg@100_minus_member'][m]
-    lines.append(f'  {m} alone: val NDCG@100 {a["val_ndcg@100"]:.4f}, test NDCG@100 '
-                 f'{a["test"]["ndcg@100"]:.4f} ± {a["test"]["ndcg@100_se"]:.4f}; ensemble '
+    d = out[f'test_{paired_metric}_minus_member'][m]
+    mt = a['test']
+    lines.append(f'  {m} alone: val {select} {a[f"val_{select}"]:.4f}, test {paired_metric} '
+                 f'{_pm(mt, paired_metric) if paired_metric in mt else "-"}; ensemble '
                  f'minus it, paired over test users: {d["mean"]:+.4f} ± {d["se"]:.4f}')
   return '\n'.join(lines)
 

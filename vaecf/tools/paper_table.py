@@ -52,6 +52,18 @@ CONFIG_KEYS = ('model.likelihood', 'model.hidden_dims', 'model.latent_dim',
                'train.learning_rate', 'train.anneal_cap', 'train.total_anneal_steps')
 
 
+def _table_eval(config):
+  """The config's eval section with the table's columns (METRICS) always scored."""
+  e = config.eval.copy_and_resolve_references()
+  e.metrics = tuple(dict.fromkeys((*METRICS, *e.metrics)))
+  return e
+
+
+def _val(r: dict) -> float:
+  """A stage's validation score of the metric that chose it (older stages: NDCG@100)."""
+  return r[f"val_{r.get('select', 'ndcg@100')}"]
+
+
 def _key(hp: dict) -> str:
   return json.dumps(hp, sort_keys=True)
 
@@ -68,6 +80,7 @@ def trained_stage(config, workdir: Path, model: str, likelihood: str, split) -> 
   if not (sub / 'results.json').exists():
     c = config.copy_and_resolve_references()
     c.model.name, c.model.likelihood = model, likelihood
+    c.eval = _table_eval(config)
     log.info('stage %s: training', sub.name)
     train.train_and_evaluate(c, sub, split=split)
   return trained_row(sub)
@@ -78,7 +91,7 @@ def experiment_config(config, name: str):
   dataset = config.data.name if config.data.name in presets.DATASETS else ''
   c = presets.compose(name, dataset)
   c.data = config.data.copy_and_resolve_references()
-  c.eval = config.eval.copy_and_resolve_references()
+  c.eval = _table_eval(config)
   return c
 
 
@@ -100,13 +113,18 @@ def trained_row(sub: Path) -> dict:
   wall = sum(r['seconds'] for r in read_metrics(sub)) + res['test_eval_seconds']
   hp = {k.split('.')[1]: _lookup(cfg, k) for k in CONFIG_KEYS}
   hp['best_epoch'] = res['best_epoch']
-  return {'model': res['model'], 'likelihood': cfg['model']['likelihood'],
-          'test': res['test'], 'val_ndcg@100': res['val_ndcg@100'],
+  select = res.get('select', 'ndcg@100')
+  return {'model': res['model'], 'likelihood': cfg['model']['likelihood'], 'select': select,
+          'test': res['test'], f'val_{select}': res[f'val_{select}'],
           'n_test_users': res['n_test_users'], 'hparams': hp, 'wall_seconds': wall}
 
 
-def baseline_stage(name: str, workdir: Path, split, grid: list[dict] | None = None) -> dict:
-  """Grid search on validation users, the best refit-free, then one test evaluation."""
+def baseline_stage(name: str, workdir: Path, split, grid: list[dict] | None = None,
+                   eval_config=None) -> dict:
+  """Grid search on validation users (by eval_config.select, default NDCG@100), the best
+  refit-free, then one test evaluation."""
+  select = eval_config.select if eval_config is not None else 'ndcg@100'
+  metrics = tuple(dict.fromkeys((*METRICS, *(eval_config.metrics if eval_config else ()))))
   sub = workdir / name
   if (sub / 'result.json').exists():
     return json.loads((sub / 'result.json').read_text())
@@ -124,30 +142,31 @@ def baseline_stage(name: str, workdir: Path, split, grid: list[dict] | None = No
     t0 = time.perf_counter()
     fitted = baselines.fit(name, split.train, hp, validation=val_set)
     t1 = time.perf_counter()
-    val = evaluate.evaluate(fitted.score_fn, *val_set).summary()
+    val = evaluate.evaluate(fitted.score_fn, *val_set, metrics=metrics).summary()
     row = {'grid_point': hp, 'hparams': fitted.hparams, 'val': val, 'info': fitted.info,
            'fit_seconds': t1 - t0, 'eval_seconds': time.perf_counter() - t1}
-    log.info('stage %s: %s val ndcg@100 %.4f (%.0fs)', name, hp, val['ndcg@100'],
-                 row['fit_seconds'])
-    if all(val['ndcg@100'] > r['val']['ndcg@100'] for r in rows):
+    log.info('stage %s: %s val %s %.4f (%.0fs)', name, hp, select, val[select],
+             row['fit_seconds'])
+    if all(val[select] > r['val'][select] for r in rows):
       # Saved before the row is logged: the best logged row always has its arrays.
       baselines.save(sub, name, fitted.hparams, fitted.arrays, split.item_ids,
                      {**fitted.info, 'grid_point': hp})
     rows.append(row)
     with open(grid_log, 'a') as f:
       f.write(json.dumps(row, default=float) + '\n')
-  best = max(rows, key=lambda r: r['val']['ndcg@100'])
+  best = max(rows, key=lambda r: r['val'][select])
   fitted, _ = baselines.load_fitted(sub)
   if _key(fitted.info.get('grid_point')) != _key(best['grid_point']):  # killed mid-save
     fitted = baselines.fit(name, split.train, best['grid_point'], validation=val_set)
     baselines.save(sub, name, fitted.hparams, fitted.arrays, split.item_ids,
                    {**fitted.info, 'grid_point': best['grid_point']})
   t0 = time.perf_counter()
-  test = evaluate.evaluate(fitted.score_fn, *split.heldout('test'))
+  test = evaluate.evaluate(fitted.score_fn, *split.heldout('test'), metrics=metrics)
   test_seconds = time.perf_counter() - t0
-  result = {'model': name, 'test': test.summary(), 'val_ndcg@100': best['val']['ndcg@100'],
+  result = {'model': name, 'test': test.summary(), 'select': select,
+            f'val_{select}': best['val'][select],
             'n_test_users': test.n_users, 'hparams': fitted.hparams,
-            'grid': [{'hparams': r['grid_point'], 'val_ndcg@100': r['val']['ndcg@100'],
+            'grid': [{'hparams': r['grid_point'], f'val_{select}': r['val'][select],
                       'fit_seconds': r['fit_seconds']} for r in rows],
             'info': best['info'], 'fit_seconds': best['fit_seconds'],
             'wall_seconds': sum(r['fit_seconds'] + r['eval_seconds'] for r in rows)
@@ -212,12 +231,13 @@ def markdown(table: dict) -> str:
   lines = [f"# Comparison table: {table['dataset']} (strong generalisation)", '',
            f"Command: `{table['command']}`", '',
            f"{table['data']}", '',
-           '| model | Recall@20 | Recall@50 | NDCG@100 | val NDCG@100 | chosen hyperparameters '
+           '| model | Recall@20 | Recall@50 | NDCG@100 | val (chosen by) | chosen hyperparameters '
            '| wall time |', '|---|---|---|---|---|---|---|']
   for m in sorted(rows, key=lambda m: -rows[m]['test']['ndcg@100']):
     r = rows[m]
     lines.append(f"| {LABELS[m]} | {_pm(r, 'recall@20')} | {_pm(r, 'recall@50')} | "
-                 f"{_pm(r, 'ndcg@100')} | {r['val_ndcg@100']:.4f} | {_hp_text(r['hparams'])} "
+                 f"{_pm(r, 'ndcg@100')} | {_val(r):.4f} ({r.get('select', 'ndcg@100')}) | "
+                 f"{_hp_text(r['hparams'])} "
                  f"| {_time(r['wall_seconds'])} |")
   lines += ['', 'Test NDCG@100 by likelihood (mean ± standard error; wall time):', '',
             '| likelihood | Mult-VAE | Mult-DAE |', '|---|---|---|']
@@ -234,7 +254,8 @@ def markdown(table: dict) -> str:
     sig = 'beyond' if p['beyond_2se'] else 'within'
     lines.append(f"- {LABELS[p['better']]} > {LABELS[p['worse']]}: {verdict} "
                  f"(difference {p['diff']:+.4f}, {sig} 2 combined standard errors)")
-  lines += ['', 'Baseline notes and validation grids (NDCG@100 on validation users):', '']
+  lines += ['', 'Baseline notes and validation grids (the selection metric on validation '
+            'users):', '']
   for m in (m for m in baselines.NAMES if m in rows):
     lines += _notes(m, rows[m])
   return '\n'.join(lines) + '\n'
@@ -249,11 +270,11 @@ def _notes(m: str, r: dict) -> list[str]:
   if 'converged' in info:
     out.append(f"- SLIM (chosen point): ADMM {info['iters']} iterations, converged "
                f"{info['converged']}, {100 * info['density']:.2f}% of weights nonzero")
-  grid = r.get('grid', [])
+  grid, key = r.get('grid', []), f"val_{r.get('select', 'ndcg@100')}"
   if len(grid) > 1:  # only the keys the grid varies
     keys = [k for k in grid[0]['hparams'] if len({str(g['hparams'].get(k)) for g in grid}) > 1]
     out.append(f'- {LABELS[m]} grid: ' + '; '.join(
-        f"{_hp_text({k: g['hparams'].get(k) for k in keys})}: {g['val_ndcg@100']:.4f}"
+        f"{_hp_text({k: g['hparams'].get(k) for k in keys})}: {g[key]:.4f}"
         for g in grid))
   return out
 
@@ -293,7 +314,7 @@ def run(config, workdir: str | Path, *, models=MODELS, likelihoods=LIKELIHOODS,
     elif m in EXPERIMENTS:
       experiment_stage(config, workdir, m, split, adjust_experiments)
     else:
-      baseline_stage(m, workdir, split, (grids or {}).get(m))
+      baseline_stage(m, workdir, split, (grids or {}).get(m), config.eval)
     log.info('stage %s finished (%.0fs in this invocation)', m, time.perf_counter() - t0)
     write_table(workdir, config.data.name, command or ' '.join(sys.argv), _summary(split))
   return write_table(workdir, config.data.name, command or ' '.join(sys.argv), _summary(split))

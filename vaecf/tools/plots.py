@@ -78,16 +78,18 @@ def validation_vs(rows: list[dict], path: str | Path, *, x: str = 'epoch',
   return _save(fig, path)
 
 
-def sweep_summary(results: dict, path: str | Path) -> Path:
-  """Best validation and test NDCG@100 of each sweep model against its setting."""
+def sweep_summary(results: dict, path: str | Path, metric: str = NDCG) -> Path:
+  """Best validation and test `metric` (the sweep's selection) of each sweep model against
+  its setting."""
   fig, ax = _figure()
   ms = sorted(results['models'], key=lambda m: m['value'])
   xs = [m['value'] for m in ms]
-  ax.plot(xs, [m['val_' + NDCG] for m in ms], 'o-', label='validation (best epoch)')
-  ax.errorbar(xs, [m['test'][NDCG] for m in ms], yerr=[m['test'][NDCG + '_se'] for m in ms],
+  ax.plot(xs, [m['val_' + metric] for m in ms], 'o-', label='validation (best epoch)')
+  ax.errorbar(xs, [m['test'][metric] for m in ms],
+              yerr=[m['test'].get(metric + '_se', 0.0) for m in ms],
               fmt='s-', capsize=3, label='test (+- s.e.)')
   ax.set_xlabel(SWEEP_LABELS.get(results.get('mode'), 'sweep value'))
-  ax.set_ylabel(NDCG)
+  ax.set_ylabel(metric)
   ax.set_title(f'{results.get("model", "")} on {results.get("dataset", "")}', fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
@@ -123,6 +125,14 @@ def refuse_groups(workdir: Path) -> None:
                      f'{names}')
 
 
+def selection_of(workdir: Path) -> str:
+  """The metric that chose the run's epochs (config.json's eval.select; NDCG@100 for runs
+  made before it was a setting)."""
+  cfg = workdir / 'config.json'
+  saved = json.loads(cfg.read_text()) if cfg.exists() else {}
+  return saved.get('eval', {}).get('select', NDCG)
+
+
 def plot_workdir(workdir: str | Path, out: str | Path | None = None) -> list[Path]:
   """Every plot a workdir's files allow; returns the PNG paths written."""
   workdir = Path(workdir)
@@ -131,13 +141,15 @@ def plot_workdir(workdir: str | Path, out: str | Path | None = None) -> list[Pat
   rows = read_metrics(workdir)
   if not rows:
     raise ValueError(f'{workdir / "metrics.jsonl"} holds no rows yet')
-  written = [validation_vs(rows, out / 'val_ndcg_epoch.png', title=workdir.name)]
+  select = selection_of(workdir)
+  written = [validation_vs(rows, out / 'val_ndcg_epoch.png', title=workdir.name,
+                           metric='val_' + select)]
   if len({round(r['beta'], 6) for r in rows}) > 1:
     written.append(validation_vs(rows, out / 'val_ndcg_beta.png', x='beta',
-                                 title=workdir.name))
+                                 title=workdir.name, metric='val_' + select))
   if (workdir / 'sweep.json').exists():
     written.append(sweep_summary(json.loads((workdir / 'sweep.json').read_text()),
-                                 out / 'sweep_ndcg.png'))
+                                 out / 'sweep_ndcg.png', select))
   return written
 
 

@@ -5,7 +5,7 @@
 
 1. DIR/anneal: beta annealed linearly from 0 to 1 over the whole run
    (train.anneal_cap=1, train.total_anneal_steps = epochs * steps per epoch).
-2. The beta at the epoch of best validation NDCG@100 becomes the cap.
+2. The beta at the epoch of best validation NDCG@100 (eval.select) becomes the cap.
 3. DIR/retrain: the same run with that cap. Beta rises with the same slope as in
    step 1 and stays at the cap from the epoch where it was found best on.
 Writes DIR/select_beta.json: the choice, the retrained model's test metrics and the
@@ -57,36 +57,37 @@ def run(config, workdir: str | Path, *, split=None) -> dict:
   anneal_cfg = annealing_config(config, split.train.shape[0])
   anneal = train.train_and_evaluate(anneal_cfg, workdir / 'anneal', split=split)
   curve = read_metrics(workdir / 'anneal')
-  chosen = best_row(curve)
-  log.info('selected beta %.4f (epoch %d, val ndcg@100 %.4f)', chosen['beta'],
-               chosen['epoch'], chosen[checkpoints.BEST_METRIC])
+  key = checkpoints.best_key(config.eval.select)  # the paper's: validation NDCG@100
+  chosen = best_row(curve, key)
+  log.info('selected beta %.4f (epoch %d, val %s %.4f)', chosen['beta'], chosen['epoch'],
+           config.eval.select, chosen[key])
   retrain_cfg = anneal_cfg.copy_and_resolve_references()
   retrain_cfg.train.anneal_cap = float(chosen['beta'])
   retrain = train.train_and_evaluate(retrain_cfg, workdir / 'retrain', split=split)
   out = {
+      'select': config.eval.select,
       'selected_beta': chosen['beta'], 'selected_epoch': chosen['epoch'],
-      'anneal_val_ndcg@100': chosen[checkpoints.BEST_METRIC],
+      f'anneal_{key}': chosen[key],
       'total_anneal_steps': anneal_cfg.train.total_anneal_steps,
       'anneal_test': anneal['test'],
       'retrain_best_epoch': retrain['best_epoch'],
-      'retrain_val_ndcg@100': retrain['val_ndcg@100'],
+      f'retrain_{key}': retrain[key],
       'test': retrain['test'], 'n_test_users': retrain['n_test_users'],
-      'curve': [{k: r.get(k) for k in ('epoch', 'step', 'beta', checkpoints.BEST_METRIC)}
-                for r in curve],
+      'curve': [{k: r.get(k) for k in ('epoch', 'step', 'beta', key)} for r in curve],
   }
   (workdir / 'select_beta.json').write_text(json.dumps(out, indent=2))
-  _plot(workdir, curve, read_metrics(workdir / 'retrain'), chosen)
+  _plot(workdir, curve, read_metrics(workdir / 'retrain'), chosen, key)
   return out
 
 
-def _plot(workdir: Path, curve, retrain_curve, chosen) -> None:
+def _plot(workdir: Path, curve, retrain_curve, chosen, key: str) -> None:
   try:
     label = 'beta annealed 0 -> 1'
     plots.validation_vs(curve, workdir / 'anneal_val_ndcg_epoch.png', x='epoch', mark=chosen,
                         extra={f'retrained, cap {chosen["beta"]:.3f}': retrain_curve},
-                        label=label, title='Selecting beta')
+                        label=label, title='Selecting beta', metric=key)
     plots.validation_vs(curve, workdir / 'anneal_val_ndcg_beta.png', x='beta', mark=chosen,
-                        label=label, title='Selecting beta')
+                        label=label, title='Selecting beta', metric=key)
   except plots.MissingMatplotlib as e:
     log.warning('%s', e)
 

@@ -113,7 +113,8 @@ def benchmark(config, split, epochs: int, repeats: int = 2,
         for b in batches:
           state, m = single_step(state, b, hp)
         jax.block_until_ready(m)
-        train.evaluate_params(for_single, eval_batch, state['params'], split, 'val')
+        train.evaluate_params(for_single, eval_batch, state['params'], split, 'val',
+                              config.eval.metrics)
 
   ways = {'sequential': sequential}
   for k in models_per_pass:
@@ -139,12 +140,13 @@ def benchmark(config, split, epochs: int, repeats: int = 2,
 def markdown(results: dict) -> str:
   knobs = list(results['points'][0])
   labels = ([plots.SWEEP_LABELS.get(results['mode'], knobs[0])] if len(knobs) == 1 else knobs)
-  lines = ['| ' + ' | '.join(labels) + ' | best epoch | val NDCG@100 | test NDCG@100 | '
+  select = results.get('select') or results['models'][0].get('select', 'ndcg@100')
+  lines = ['| ' + ' | '.join(labels) + f' | best epoch | val {select} | test NDCG@100 | '
            'test Recall@20 | test Recall@50 |', '|---' * (len(labels) + 5) + '|']
   for m in results['models']:
     t = m['test']
     cells = ' | '.join(f'{m["point"][k]:g}' for k in knobs)
-    lines.append(f'| {cells} | {m["best_epoch"]} | {m["val_ndcg@100"]:.4f} | '
+    lines.append(f'| {cells} | {m["best_epoch"]} | {m["val_" + select]:.4f} | '
                  f'{t["ndcg@100"]:.4f} ({t["ndcg@100_se"]:.4f}) | {t["recall@20"]:.4f} | '
                  f'{t["recall@50"]:.4f} |')
   return '\n'.join(lines)

@@ -11,14 +11,14 @@ closer than the knob's resolution. The search ends when a whole cycle over the k
 proposes nothing new, or after `--budget` points.
 - Trained models (multvae, multdae, any registered model): each round is one vmapped
   sweep over the round's points (vaecf.sweep), its test users unscored, the epoch of each
-  point chosen by validation NDCG@100 (train.patience stops each point on its own, and
-  the round when all have stopped).
+  point chosen by the validation metric eval.select (NDCG@100 by default; train.patience
+  stops each point on its own, and the round when all have stopped).
 - Baselines: each point is a fit on the training users, scored on validation users.
 Then the chosen point alone is scored on the test users, once.
 
-DIR/tune.json holds every point tried (knob values, validation NDCG@100, best epoch,
+Writes DIR/tune.json: every point tried (knob values, validation score, best epoch,
 seconds), each model's choice and test metrics, and wall times; DIR/tune.md the table;
-DIR/tune_<model>.png validation NDCG@100 over each knob. Every round is written when it
+DIR/tune_<model>.png the validation score over each knob. Every round is written when it
 ends and each sweep resumes itself, so a killed tune rerun with the same command
 continues and ends with the same choice. The chosen baselines are saved in vaecf's
 baseline format (DIR/<model>/best) and the chosen trained models stay in their round's
@@ -44,12 +44,17 @@ from ml_collections import config_flags
 
 from vaecf import baselines, console, distributed, evaluate, models, steps, sweep, train
 from vaecf.common import atomic_write
-from vaecf.config import validate
+from vaecf.config import ConfigError, validate
 from vaecf.data import load_split
 from vaecf.workdir import load_config, read_metrics
 
 log = logging.getLogger(__name__)
-METRIC = 'val_ndcg@100'
+# tune.json's records name their scores by the selection metric: val_<eval.select>.
+DEFAULT_SELECT = 'ndcg@100'  # what a tune.json older than eval.select chose by
+
+
+def score_key(select: str) -> str:
+  return f'val_{select}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +115,9 @@ def propose(knob: Knob, tried: dict[float, float], seen: set[float] = frozenset(
 
 
 def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float],
-           rounds: list[dict] | None = None, on_round=None) -> tuple[dict, list[dict]]:
-  """Coordinate-wise refinement from `base`; evaluate_round(points) -> [{METRIC: ...}].
+           rounds: list[dict] | None = None, on_round=None, metric: str = score_key(
+               DEFAULT_SELECT)) -> tuple[dict, list[dict]]:
+  """Coordinate-wise refinement from `base`; evaluate_round(points) -> [{metric: ...}].
 
   `rounds` replays rounds already done (a resumed tune): a recorded round with the same
   points is taken as it is instead of being evaluated again. on_round(rounds) runs after
@@ -144,14 +150,14 @@ def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float
       t0 = time.perf_counter()
       details = evaluate_round(points[len(recorded['points']):])
       round_ = {**recorded, 'points': points,
-                'scores': recorded['scores'] + [d[METRIC] for d in details],
+                'scores': recorded['scores'] + [d[metric] for d in details],
                 'details': recorded['details'] + details,
                 'seconds': recorded['seconds'] + time.perf_counter() - t0}
     else:
       replay = iter(())  # the history diverges here: evaluate anew from now on
       t0 = time.perf_counter()
       details = evaluate_round(points)
-      round_ = {'knob': knob.name, 'points': points, 'scores': [d[METRIC] for d in details],
+      round_ = {'knob': knob.name, 'points': points, 'scores': [d[metric] for d in details],
                 'details': details, 'seconds': time.perf_counter() - t0}
     out.append(round_)
     for p, sc in zip(points, round_['scores']):
@@ -225,6 +231,7 @@ def tuned_config(config, model_name: str, split):
 def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, on_round,
                  models_per_pass: int | None = None):
   c = tuned_config(config, name, split)
+  metric = score_key(c.eval.select)
   train.import_model_module(c)
   model = models.build(c, split.n_items)
   knobs = trained_space(c, model)
@@ -237,15 +244,17 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
                             models_per_pass=models_per_pass)
     # Each epoch's wall time once (models that stopped early have no rows after it).
     seconds = sum({r['epoch']: r['seconds'] for r in read_metrics(sub)}.values())
-    return [{METRIC: m[METRIC], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
+    return [{metric: m[metric], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
              'index': m['index'], 'sweep_seconds': seconds} for m in res['models']]
-  best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
+  best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round,
+                      metric)
   detail = _detail_of(best, done)
   done_searching = converged(knobs, done, base_point(knobs))
   # Test once: the chosen model's best-by-validation parameters, from its round's sweep.
   score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail)
   t0 = time.perf_counter()
-  test = evaluate.evaluate(score_fn, *split.heldout('test'), batch_size=batch)
+  test = evaluate.evaluate(score_fn, *split.heldout('test'), metrics=c.eval.metrics,
+                           batch_size=batch)
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
                       'best_epoch': detail['best_epoch'], 'workdir': detail['workdir'],
                       'index': detail['index'], 'test_seconds': time.perf_counter() - t0,
@@ -300,8 +309,10 @@ def _detail_of(point, rounds):
   return r['details'][r['points'].index(point)]
 
 
-def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round):
+def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round,
+                  eval_config):
   knobs = BASELINE_SPACES[name]
+  select, metric = eval_config.select, score_key(eval_config.select)
   fixed = BASELINE_FIXED.get(name, {})
   val_set = split.heldout('val')
 
@@ -311,18 +322,19 @@ def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round
       t0 = time.perf_counter()
       fitted = baselines.fit(name, split.train, {**fixed, **p}, validation=val_set)
       t1 = time.perf_counter()
-      val = evaluate.evaluate(fitted.score_fn, *val_set).summary()
-      log.info('%s %s: val ndcg@100 %.4f (fit %.1fs)', name, p, val['ndcg@100'], t1 - t0)
-      out.append({METRIC: val['ndcg@100'], 'fit_seconds': t1 - t0,
+      val = evaluate.evaluate(fitted.score_fn, *val_set, metrics=eval_config.metrics).summary()
+      log.info('%s %s: val %s %.4f (fit %.1fs)', name, p, select, val[select], t1 - t0)
+      out.append({metric: val[select], 'fit_seconds': t1 - t0,
                   'eval_seconds': time.perf_counter() - t1})
     return out
-  best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round)
+  best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round,
+                      metric)
   done_searching = converged(knobs, done, base_point(knobs))
   t0 = time.perf_counter()
   fitted = baselines.fit(name, split.train, {**fixed, **best}, validation=val_set)
   baselines.save(workdir / name / 'best', name, fitted.hparams, fitted.arrays, split.item_ids,
                  {**fitted.info, 'tuned_point': best})
-  test = evaluate.evaluate(fitted.score_fn, *split.heldout('test'))
+  test = evaluate.evaluate(fitted.score_fn, *split.heldout('test'), metrics=eval_config.metrics)
   return best, done, {'test': test.summary(), 'n_test_users': test.n_users,
                       'hparams': fitted.hparams, 'converged': done_searching,
                       'refit_and_test_seconds': time.perf_counter() - t0}
@@ -342,6 +354,15 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / 'tune.json'
   state = json.loads(path.read_text()) if path.exists() else {'models': {}}
+  select = config.eval.select
+  recorded = state.get('select', DEFAULT_SELECT if state['models'] else select)
+  if recorded != select:
+    raise ConfigError(f'{path} chose its points by validation {recorded}; this call selects '
+                      f'by eval.select={select!r}, and mixing the two would compare unlike '
+                      'scores: pass --config.eval.select=' + recorded + ' or use a fresh '
+                      '--workdir')
+  metric = score_key(select)
+  state['select'] = select
   if split is None:
     split, _ = load_split(config.data)
   state.update(dataset=config.data.name, budget=budget,
@@ -361,7 +382,7 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
       log.info('%s: its tune stopped at a budget of %d points; going on to %d', name,
                entry['budget'], budget)
       entry.setdefault('earlier', []).append(
-          {k: entry.pop(k) for k in ('budget', 'chosen', 'test', METRIC) if k in entry})
+          {k: entry.pop(k) for k in ('budget', 'chosen', 'test', metric) if k in entry})
     entry['budget'] = budget  # models of one folder may be tuned by calls with other budgets
     t0 = time.perf_counter() - entry.get('seconds', 0.0)
 
@@ -376,7 +397,7 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
     try:
       if name in baselines.NAMES:
         best, rounds, final = tune_baseline(name, workdir, split, budget, entry['rounds'],
-                                            on_round)
+                                            on_round, config.eval)
       else:
         best, rounds, final = tune_trained(config, name, workdir, split, budget,
                                            entry['rounds'], on_round, models_per_pass)
@@ -385,10 +406,10 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
     entry.update(rounds=rounds, chosen=best, **final,
                  points=sum(len(r['points']) for r in rounds),
                  seconds=time.perf_counter() - t0)
-    entry[METRIC] = max(s for r in rounds for s in r['scores']) if rounds else None
+    entry[metric] = max(s for r in rounds for s in r['scores']) if rounds else None
     atomic_write(path, json.dumps(state, indent=2, default=float))
-    log.info('%s: chose %s (val ndcg@100 %s), test ndcg@100 %.4f', name, best,
-             entry[METRIC], final['test']['ndcg@100'])
+    log.info('%s: chose %s (val %s %s), test %s %.4f', name, best, select, entry[metric],
+             select, final['test'][select])
   atomic_write(workdir / 'tune.md', markdown(state) + '\n')
   return state
 
@@ -403,10 +424,16 @@ def _budget_cut(entry: dict) -> bool:
 
 
 def markdown(state: dict) -> str:
+  select = state.get('select', DEFAULT_SELECT)
+  metric = score_key(select)
+  shown = [m for m in ('recall@20', 'recall@50', 'ndcg@100', select)
+           if all(m in e['test'] for e in state['models'].values() if 'test' in e)]
+  shown = list(dict.fromkeys(shown))
   lines = [f'{state["dataset"]}: every model tuned on validation users '
-           f'(NDCG@100), test scored once with the chosen point.', '',
-           '| model | chosen | points | val NDCG@100 | test Recall@20 | test Recall@50 | '
-           'test NDCG@100 | wall |', '|---|---|---|---|---|---|---|---|']
+           f'({select}), test scored once with the chosen point.', '',
+           f'| model | chosen | points | val {select} | ' +
+           ' | '.join(f'test {m}' for m in shown) + ' | wall |',
+           '|---|---|---|---|' + '---|' * len(shown) + '---|']
   for name, e in state['models'].items():
     if 'test' not in e:
       continue
@@ -414,17 +441,16 @@ def markdown(state: dict) -> str:
     chosen = ', '.join(f'{k} {v:g}' for k, v in e['chosen'].items()) or '-'
     if 'best_epoch' in e:
       chosen += f', epoch {e["best_epoch"]}'
-    val = f'{e[METRIC]:.4f}' if e[METRIC] is not None else '-'
-    lines.append(f'| {name} | {chosen} | {e["points"]} | {val} | '
-                 f'{t["recall@20"]:.4f} ± {t["recall@20_se"]:.4f} | '
-                 f'{t["recall@50"]:.4f} ± {t["recall@50_se"]:.4f} | '
-                 f'{t["ndcg@100"]:.4f} ± {t["ndcg@100_se"]:.4f} | '
+    val = f'{e[metric]:.4f}' if e.get(metric) is not None else '-'
+    cells = ' | '.join(f'{t[m]:.4f}' + (f' ± {t[m + "_se"]:.4f}' if m + '_se' in t else '')
+                       for m in shown)
+    lines.append(f'| {name} | {chosen} | {e["points"]} | {val} | {cells} | '
                  f'{console.fmt_time(e["seconds"])} |')
   return '\n'.join(lines)
 
 
 def plot(state: dict, workdir: Path) -> list[Path]:
-  """Validation NDCG@100 over each knob of each model (every point tried)."""
+  """The validation score (eval.select) over each knob of each model (every point tried)."""
   try:
     import matplotlib
     matplotlib.use('Agg')
@@ -447,7 +473,7 @@ def plot(state: dict, workdir: Path) -> list[Path]:
       if 'chosen' in e:
         ax.axvline(e['chosen'][k], color='C3', lw=0.8)
       ax.set_xlabel(k)
-      ax.set_ylabel('val NDCG@100')
+      ax.set_ylabel(f'val {state.get("select", DEFAULT_SELECT)}')
     fig.suptitle(f'{name} on {state["dataset"]}', fontsize=10)
     fig.tight_layout()
     out = workdir / f'tune_{name}.png'
