@@ -138,6 +138,8 @@ def test_a_trained_round_grown_by_a_larger_budget_serves_each_of_its_points(tmp_
   from vaecf import distributed, sweep
   from vaecf.workdir import load_config
   for detail in first['details']:
-    params = sweep.restore_best_params(detail['workdir'], load_config(detail['workdir']),
+    assert not detail['workdir'].startswith('/')  # relative: a moved tune opens its own
+    params = sweep.restore_best_params(tmp_path / detail['workdir'],
+                                       load_config(tmp_path / detail['workdir']),
                                        embedded_split.n_items, distributed.make_mesh())
     assert jax.tree.leaves(params)[0].shape[0] == sweep_size(detail)

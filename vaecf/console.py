@@ -55,17 +55,29 @@ def _verbose() -> bool:
 
 
 def guard(fn, *args, **kwargs):
-  """Runs fn; a user-facing error (common.VaecfError, an OSError) becomes one
-  `error: ...` line and exit status 1. Files already written stay as they are."""
+  """Runs fn; any failure becomes one `error: ...` line and exit status 1 (the traceback
+  only with --verbosity). A user-facing error (common.VaecfError, an OSError) says what
+  is wrong in the input; anything else is a fault of vaecf's, named as one. Files
+  already written stay as they are."""
+  from absl import app
   from vaecf.common import VaecfError
   try:
     return fn(*args, **kwargs)
+  except app.UsageError:
+    raise  # absl prints the usage
   except (VaecfError, OSError) as e:
     if _verbose():
       raise
     msg = str(e) if not isinstance(e, OSError) or not e.strerror else (
         f'{e.strerror}: {e.filename}' if e.filename else e.strerror)
     print(f'error: {msg}', file=sys.stderr)
+    raise SystemExit(1) from None
+  except Exception as e:  # noqa: BLE001  (an unexpected failure: still one line)
+    if _verbose():
+      raise
+    print(f'error: unexpected {type(e).__name__}: {e}\n(a fault in vaecf, not in your '
+          'input, as far as it can tell: rerun with --verbosity=0 for the traceback, and '
+          'report it)', file=sys.stderr)
     raise SystemExit(1) from None
 
 

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 from vaecf.common import Params
 from vaecf.models import dae, nn, vae
 from vaecf.models.registry import (DEFAULT_OPTIMIZER, MOVED_MODULES, Model, Phase, Settings,
-                                   available, build, hidden_dims, import_module, register,
-                                   settings)
+                                   UntrustedCode, available, build, hidden_dims,
+                                   import_module, import_saved, register, settings)
 
 __all__ = ['Model', 'Phase', 'Settings', 'DEFAULT_OPTIMIZER', 'MOVED_MODULES', 'Params',
-           'register', 'available', 'build', 'settings', 'hidden_dims', 'import_module']
+           'UntrustedCode', 'register', 'available', 'build', 'settings', 'hidden_dims',
+           'import_module', 'import_saved']
 
 
 def _dtype(config):

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 
+from vaecf.common import VaecfError
 from vaecf.config import ConfigError
 
 DEFAULT_OPTIMIZER = 'adam'
@@ -180,3 +181,26 @@ def import_module(name: str) -> None:
       raise
     sys.path.insert(0, os.getcwd())
     importlib.import_module(name)
+
+
+class UntrustedCode(VaecfError, PermissionError):
+  """A saved config names a module that opening it would import (run), untrusted."""
+
+
+def import_saved(config, where, trust_code: bool, asked: str = '') -> None:
+  """Imports the module a SAVED config (a workdir's config.json) names, only if trusted.
+
+  The one trust rule of every path that opens a workdir (serving, activity, ensemble,
+  tune): a model vaecf installs, or one already registered, needs no import; a module the
+  running command's own config named (`asked`) was asked for; any other runs only with
+  trust_code, since the folder may come from someone else.
+  """
+  module = config.model.module
+  if not module or module in MOVED_MODULES or config.model.name in _FACTORIES:
+    return
+  if module != asked and not trust_code:
+    raise UntrustedCode(
+        f'{where} was trained with model {config.model.name!r} from module {module!r}; '
+        'opening it imports and runs that module. Pass trust_code=True (--trust_code on '
+        'the command line) only if you trust the code.')
+  import_module(module)

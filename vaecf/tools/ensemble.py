@@ -28,10 +28,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf.tools import tune
+from vaecf.tools import tune, tune_records
 from vaecf import console, evaluate
 from vaecf.common import atomic_write
 from vaecf.config import ConfigError, validate
+from vaecf.workdir import WorkdirError
 from vaecf.data import load_split
 
 log = logging.getLogger(__name__)
@@ -70,23 +71,53 @@ def mixed_score_fn(score_fns, weights_WxK):
 
 
 def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
-        split=None, batch_size: int = 500) -> dict:
-  """Chooses the weights on validation, scores test once; returns what it writes."""
+        split=None, batch_size: int = 500, trust_code: bool = False) -> dict:
+  """Chooses the weights on validation, scores test once; returns what it writes.
+
+  Everything it can check without data is checked first: the members (two or more,
+  each a finished tune of the folder), the grid's steps, the selection metric. The tune's
+  folder is locked while it runs, so no tune rewrites it meanwhile; a round naming a model
+  module is opened only with `trust_code` (or when this config names that module).
+  """
   validate(config)
+  problems = []
   if len(set(members)) != len(members) or len(members) < 2:
-    raise ValueError(f'an ensemble needs two or more distinct members, got {members}')
+    problems.append(f'--members={",".join(members)}: an ensemble needs two or more '
+                    'distinct members')
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    problems.append(f'--steps={steps!r}: an integer >= 1 (weights are multiples of 1/steps)')
+  if problems:
+    raise ConfigError('cannot build the ensemble as asked:\n  ' + '\n  '.join(problems))
   tune_dir = Path(tune_dir)
-  if split is None:
-    split, _ = load_split(config.data)
-  state = json.loads((tune_dir / 'tune.json').read_text())
+  if not (tune_dir / tune_records.STATE).exists():
+    raise WorkdirError(f'{tune_dir} holds no {tune_records.STATE}: --tune names the folder of '
+                       'a finished vaecf-tune')
+  state = tune_records.read_state(tune_dir)
+  for m in members:
+    tune.finished(state, m, tune_dir)
   select = config.eval.select
   if state.get('select', tune.DEFAULT_SELECT) != select:
     raise ConfigError(f'{tune_dir} was tuned by validation '
                       f'{state.get("select", tune.DEFAULT_SELECT)}; weights chosen by '
                       f'eval.select={select!r} would mix two criteria: pass the tune\'s '
                       '--config.eval.select')
+  if split is None:
+    split, _ = load_split(config.data)
+  tune_records.check(tune_dir, state, split, {})  # the tune's own data, or a refusal
+  lock = tune_records.lock(tune_dir)
+  try:
+    return _run(config, tune_dir, tune_records.read_state(tune_dir), split, members, steps,
+                batch_size, trust_code)
+  finally:
+    lock.close()
+
+
+def _run(config, tune_dir: Path, state: dict, split, members, steps, batch_size,
+         trust_code) -> dict:
+  select = config.eval.select
   metrics = tuple(dict.fromkeys((*config.eval.metrics, *DEFAULT_SHOWN)))
-  scorers = [tune.chosen_scorer(m, tune_dir, split, state) for m in members]
+  scorers = [tune.chosen_scorer(m, tune_dir, split, state, trust_code=trust_code,
+                                asked=config.model.module) for m in members]
   fns = [f for f, _ in scorers]
   grid = weight_grid(len(members), steps)
   # The [W, B, I] block of mixed scores stays under about 256 MB.
@@ -151,7 +182,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.setup()
   f = flags.FLAGS
-  print(summary(run(f.config, f.tune, f.members, f.steps)))
+  print(summary(run(f.config, f.tune, f.members, f.steps, trust_code=f.trust_code)))
 
 
 def cli():
@@ -159,6 +190,9 @@ def cli():
   flags.DEFINE_string('tune', None, 'The workdir of a finished vaecf-tune.')
   flags.DEFINE_list('members', None, 'Tuned models to mix, e.g. ease,multdae.')
   flags.DEFINE_integer('steps', 10, 'Weights are multiples of 1/steps.')
+  flags.DEFINE_bool('trust_code', False, 'Import the model modules that the tune\'s rounds '
+                    'name in their config.json (runs their code); needed only for models '
+                    'of your own that this command\'s config does not name.')
   config_flags.DEFINE_config_file('config', None, 'The config file the tune ran with.',
                                   lock_config=True)
   flags.mark_flags_as_required(['config', 'tune', 'members'])

@@ -45,8 +45,9 @@ from ml_collections import config_flags
 from vaecf import baselines, console, distributed, evaluate, models, steps, sweep, train
 from vaecf.common import atomic_write
 from vaecf.config import ConfigError, validate
+from vaecf.tools import tune_records
 from vaecf.data import load_split
-from vaecf.workdir import load_config, read_metrics
+from vaecf.workdir import Workdir, WorkdirError, load_config, read_metrics, split_signature
 
 log = logging.getLogger(__name__)
 # tune.json's records name their scores by the selection metric: val_<eval.select>.
@@ -244,14 +245,15 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
                             models_per_pass=models_per_pass)
     # Each epoch's wall time once (models that stopped early have no rows after it).
     seconds = sum({r['epoch']: r['seconds'] for r in read_metrics(sub)}.values())
-    return [{metric: m[metric], 'best_epoch': m['best_epoch'], 'workdir': str(sub),
-             'index': m['index'], 'sweep_seconds': seconds} for m in res['models']]
+    return [{metric: m[metric], 'best_epoch': m['best_epoch'],
+             'workdir': tune_records.relative(workdir, sub), 'index': m['index'],
+             'sweep_seconds': seconds} for m in res['models']]
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round,
                       metric)
   detail = _detail_of(best, done)
   done_searching = converged(knobs, done, base_point(knobs))
   # Test once: the chosen model's best-by-validation parameters, from its round's sweep.
-  score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail)
+  score_fn, batch = _sweep_member_scorer(c, model, split.n_items, detail, workdir)
   t0 = time.perf_counter()
   test = evaluate.evaluate(score_fn, *split.heldout('test'), metrics=c.eval.metrics,
                            batch_size=batch)
@@ -263,38 +265,54 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
                                 'epochs': c.train.epochs, 'patience': c.train.patience}}
 
 
-def _sweep_member_scorer(c, model, n_items: int, detail: dict):
+def _sweep_member_scorer(c, model, n_items: int, detail: dict, folder: Path):
   """(score_fn, batch size) of model `detail['index']` of the sweep in
   `detail['workdir']` (a round grown by a larger budget holds points of two), at its best
   validation epoch."""
   mesh = distributed.make_mesh()
-  params_M = sweep.restore_best_params(Path(detail['workdir']), c, n_items, mesh)
+  params_M = sweep.restore_best_params(tune_records.resolve(folder, detail['workdir']), c,
+                                       n_items, mesh)
   params = jax.tree.map(lambda a: a[detail['index']], params_M)
   for_params, batch = steps.make_scorer(model, mesh, c.train.eval_batch_size)
   return for_params(params), batch
 
 
-def chosen_scorer(name: str, workdir: str | Path, split, state: dict | None = None):
-  """(score_fn, batch size) of the point a finished tune in `workdir` chose for `name`,
-  on `split` (the tune's own): a saved baseline, or a trained model from its round.
-  `state` is the folder's tune.json when the caller has read it already."""
-  if state is None:
-    state = json.loads((Path(workdir) / 'tune.json').read_text())
+def finished(state: dict, name: str, workdir) -> dict:
+  """The tune.json entry of a model whose tune finished; an error naming those that did."""
   entry = state['models'].get(name)
   if entry is None or 'chosen' not in entry:
     done = [n for n, e in state['models'].items() if 'chosen' in e]
-    raise ValueError(f'{workdir} holds no finished tune of {name!r}; finished: {done}')
+    raise WorkdirError(f'{workdir} holds no finished tune of {name!r}; finished: {done}')
+  return entry
+
+
+def chosen_scorer(name: str, workdir: str | Path, split, state: dict | None = None, *,
+                  trust_code: bool = False, asked: str = ''):
+  """(score_fn, batch size) of the point a finished tune in `workdir` chose for `name`,
+  on `split` (the tune's own): a saved baseline, or a trained model from its round.
+  `state` is the folder's tune.json when the caller has read it already. A round whose
+  config names a model module is opened only as models.import_saved allows (`asked`: the
+  module the calling command's own config named)."""
+  workdir = Path(workdir)
+  if state is None:
+    state = tune_records.read_state(workdir)
+  entry = finished(state, name, workdir)
   if name in baselines.NAMES:
-    fitted, item_ids = baselines.load_fitted(Path(workdir) / name / 'best')
+    fitted, item_ids = baselines.load_fitted(workdir / name / 'best')
     if not np.array_equal(item_ids.astype(str), split.item_ids.astype(str)):
-      raise ValueError(f'{workdir}/{name}/best was fitted on other items than this split '
-                       f'({len(item_ids)} vs {split.n_items}): pass the tune\'s config')
+      raise WorkdirError(f'{workdir}/{name}/best was fitted on other items than this split '
+                         f'({len(item_ids)} vs {split.n_items}): pass the tune\'s config')
     return fitted.score_fn, 2000
   detail = _detail_of(entry['chosen'], entry['rounds'])
-  c = load_config(Path(detail['workdir']))  # the config the round trained under
-  train.import_model_module(c)
+  round_dir = tune_records.resolve(workdir, detail['workdir'])
+  diffs = Workdir(round_dir).split_diff(split)
+  if diffs:
+    raise WorkdirError(f'{round_dir} was trained on another split than this one:\n  ' +
+                       '\n  '.join(diffs) + '\npass the tune\'s config and data')
+  c = load_config(round_dir)  # the config the round trained under
+  models.import_saved(c, round_dir, trust_code, asked)
   model = models.build(c, split.n_items)
-  return _sweep_member_scorer(c, model, split.n_items, detail)
+  return _sweep_member_scorer(c, model, split.n_items, detail, workdir)
 
 
 def _round_of(point, rounds):
@@ -349,11 +367,29 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
   `stop_after_rounds` ends after that many new rounds, as a kill would (tests);
   `models_per_pass` is the sweep's (1 is fastest on a CPU).
   """
-  validate(config)
+  check_request(config, model_names, budget, models_per_pass)
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  path = workdir / 'tune.json'
-  state = json.loads(path.read_text()) if path.exists() else {'models': {}}
+  path = workdir / tune_records.STATE
+  _check_select(tune_records.read_state(workdir), config, path)
+  if split is None:
+    split, _ = load_split(config.data)
+  records = {name: tune_records.config_record(
+      config if name in baselines.NAMES else tuned_config(config, name, split),
+      name in baselines.NAMES) for name in model_names}
+  tune_records.check(workdir, tune_records.read_state(workdir), split, records)
+  lock = tune_records.lock(workdir)  # held until this command ends
+  try:
+    # Read again under the lock: what another command finished meanwhile is kept.
+    state = tune_records.read_state(workdir)
+    _check_select(state, config, path)
+    tune_records.check(workdir, state, split, records)
+    return _run(config, workdir, state, split, model_names, budget, records,
+                stop_after_rounds, models_per_pass)
+  finally:
+    lock.close()
+
+
+def _check_select(state: dict, config, path: Path) -> None:
   select = config.eval.select
   recorded = state.get('select', DEFAULT_SELECT if state['models'] else select)
   if recorded != select:
@@ -361,11 +397,50 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
                       f'by eval.select={select!r}, and mixing the two would compare unlike '
                       'scores: pass --config.eval.select=' + recorded + ' or use a fresh '
                       '--workdir')
+
+
+def check_request(config, model_names, budget, models_per_pass) -> None:
+  """Refuses what this tune cannot do, before any data is read or file written."""
+  validate(config)
+  problems = []
+  if not model_names or len(set(model_names)) != len(model_names):
+    problems.append(f'--models={",".join(model_names)}: name each model once')
+  if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+    problems.append(f'--budget={budget!r}: an integer >= 1 (points tried per model)')
+  if models_per_pass is not None and models_per_pass < 0:
+    problems.append(f'--models_per_pass={models_per_pass}: 0 (all), k >= 1, or unset')
+  if config.sweep.grid:
+    problems.append(f'config.sweep.grid={config.sweep.grid!r}: a tune searches its own '
+                    'grids (the knobs of each model); the grid is read by vaecf-sweep only')
+  train.import_model_module(config)  # the command's own config named it: asked for
+  for name in model_names:
+    if name in baselines.NAMES:
+      continue
+    if name not in models.available():
+      problems.append(f'unknown model {name!r}: one of {sorted(baselines.NAMES)} or '
+                      f'{models.available()}')
+      continue
+    c = config.copy_and_resolve_references()
+    c.model.name = name
+    try:
+      model = models.build(c, 2)  # a stand-in item count: only its knobs are read
+    except ValueError as e:  # ConfigError, or a factory's refusal of a setting
+      problems.append(f'{name}: {e}')
+      continue
+    if not trained_space(c, model):
+      problems.append(f'{name} has no knob a tune can search (no traced hyperparameter, '
+                      'and an optimizer of its own): sweep its settings with vaecf-sweep')
+  if problems:
+    raise ConfigError('cannot tune as asked:\n  ' + '\n  '.join(problems))
+
+
+def _run(config, workdir: Path, state: dict, split, model_names, budget, records,
+         stop_after_rounds, models_per_pass) -> dict:
+  path = workdir / tune_records.STATE
+  select = config.eval.select
   metric = score_key(select)
   state['select'] = select
-  if split is None:
-    split, _ = load_split(config.data)
-  state.update(dataset=config.data.name, budget=budget,
+  state.update(dataset=config.data.name, budget=budget, signature=split_signature(split),
                n_val_users=int(split.heldout('val')[1].getnnz(axis=1).astype(bool).sum()))
   new_rounds = {'n': 0}
 
@@ -384,6 +459,7 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
       entry.setdefault('earlier', []).append(
           {k: entry.pop(k) for k in ('budget', 'chosen', 'test', metric) if k in entry})
     entry['budget'] = budget  # models of one folder may be tuned by calls with other budgets
+    entry['config'] = records[name]
     t0 = time.perf_counter() - entry.get('seconds', 0.0)
 
     def on_round(rounds, entry=entry, t0=t0):
@@ -488,6 +564,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.setup()
   flags_ = flags.FLAGS
+  if flags_.models_per_pass is not None and flags_.models_per_pass < 0:
+    raise ConfigError(f'--models_per_pass={flags_.models_per_pass}: 0 (all models in one '
+                      'vmap), k >= 1, or unset')
   state = run(flags_.config, flags_.workdir, flags_.models, flags_.budget,
               models_per_pass=sweep.resolve_models_per_pass(flags_.models_per_pass))
   print(markdown(state))
