@@ -451,3 +451,26 @@ def test_fetch_offline_says_what_to_do(tmp_path):
 def test_fetch_unknown_name(tmp_path):
   with pytest.raises(DataError, match=r"unknown MovieLens dataset 'ml-5m'.*ml-100k"):
     download.fetch_movielens('ml-5m', tmp_path, urlopen=FakeOpener(b''))
+
+
+def test_a_tab_separated_file_read_with_commas_names_the_delimiter(tmp_path):
+  f = tmp_path / 'plays.tsv'
+  f.write_text('user\titem\nu1\ti1\nu1\ti2\n')
+  with pytest.raises(DataError, match=r"separated by '\\t': pass --config.data.delimiter"):
+    readers.read_delimited(f, user_col='user', item_col='item')
+  got = readers.read_delimited(f, user_col='user', item_col='item', delimiter='\t')
+  assert len(got.users) == 2
+
+
+def test_ids_that_name_one_number_two_ways_are_warned_about(tmp_path, caplog):
+  f = tmp_path / 'clicks.csv'
+  f.write_text('user,item\nu1,1\nu1,1.0\nu2,2.5\nu2,x\n')
+  with caplog.at_level('WARNING', logger='vaecf.data.readers'):
+    got = readers.read_delimited(f, user_col='user', item_col='item')
+  assert len(np.unique(got.items)) == 4  # still two items: ids are text
+  assert any("'1' and '1.0'" in r.getMessage() for r in caplog.records), caplog.text
+  caplog.clear()
+  f.write_text('user,item\nu1,1\nu1,2\nu2,a\n')
+  with caplog.at_level('WARNING', logger='vaecf.data.readers'):
+    readers.read_delimited(f, user_col='user', item_col='item')
+  assert not caplog.records

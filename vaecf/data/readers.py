@@ -11,6 +11,7 @@ that picks one; a module per format would be a dozen lines each.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path
 from typing import Union
@@ -20,6 +21,8 @@ import numpy as np
 from vaecf.data import textio
 from vaecf.data.textio import explain, fail, fields_error, head, is_number, loadtxt
 from vaecf.data.types import DataError, Interactions
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 _ML = 'https://files.grouplens.org/datasets/movielens'
@@ -220,7 +223,8 @@ def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
     if isinstance(c, str):
       if not header or c not in names:
         raise DataError(f'{path}: no column named {c!r} in the header '
-                        f'{names if header else "(the file has none)"}')
+                        f'{names if header else "(the file has none)"}' + _delimiter_hint(
+                            names, delimiter))
       c = names.index(c)
     if not 0 <= c < len(names):
       raise DataError(f'{path}: no column {c}: line 1 has {len(names)} fields')
@@ -237,6 +241,17 @@ def read_delimited(path: PathLike, *, user_col: int | str, item_col: int | str,
   return _interactions(path, users, items, values)
 
 
+def _delimiter_hint(names: list[str], delimiter: str) -> str:
+  """A line 1 read as one field that another separator would split: say which."""
+  if len(names) != 1:
+    return ''
+  for sep, flag in (('\t', "$'\\t'"), (';', ';'), ('|', '|'), (',', ','), (' ', "' '")):
+    if sep != delimiter and sep in names[0]:
+      return (f'; line 1 holds {names[0].count(sep) + 1} fields separated by {sep!r}: pass '
+              f'--config.data.delimiter={flag}')
+  return ''
+
+
 def _plain_ids(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Text ids without surrounding spaces, as int64 if every one is a plain integer."""
   stripped = np.char.strip(ids, ' ')
@@ -245,11 +260,30 @@ def _plain_ids(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
   try:
     ints = ids.astype(np.int64)
   except (ValueError, OverflowError):
+    _warn_alike(ids)
     return codes, ids
   # str(int(x)) == x: no sign but '-', no leading zero, no '_' or space.
   if not np.array_equal(ints.astype(ids.dtype), ids):
+    _warn_alike(ids)
     return codes, ids
   return textio.recode(codes, ints)
+
+
+def _warn_alike(ids: np.ndarray, shown: int = 3) -> None:
+  """Text ids are compared as text, so '1' and '1.0' are two ids: say so where a column
+  holds such a pair, which is more often a spreadsheet's doing than two real items."""
+  by_number: dict[float, list[str]] = {}
+  for text in ids.tolist():
+    try:
+      by_number.setdefault(float(text), []).append(text)
+    except (TypeError, ValueError):
+      continue
+  alike = [sorted(v) for v in by_number.values() if len(v) > 1]
+  if alike:
+    log.warning('%d ids are read as two or more ids that name one number (%s): ids are '
+                'text, so these are different items or users; write each one way if they '
+                'are the same', len(alike),
+                '; '.join(' and '.join(repr(t) for t in a) for a in alike[:shown]))
 
 
 _READERS = {
