@@ -3,11 +3,13 @@
   vaecf-data --config=configs/multvae.py:ml-1m --config.data.path=PATH/ml-1m --export_dir=DIR
 
 Writes train.csv, validation_tr.csv, validation_te.csv, test_tr.csv and test_te.csv
-(header `user,item`, ORIGINAL ids, sorted by (user, item)) so other libraries can
-be run on exactly the same split, and prints the counts of each part.
+(header `user,item`, ORIGINAL ids, sorted by (user, item), quoted as CSV requires) so
+other libraries can be run on exactly the same split, and prints the counts of each part.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -64,14 +66,42 @@ def part_pairs(split: Split, part: str, users_attr: str) -> tuple[np.ndarray, np
           split.item_ids[i_order[key % n_items]])
 
 
+def csv_fields(ids: np.ndarray) -> np.ndarray:
+  """Ids as UTF-8 byte strings ('S' array) ready for `textio.format_lines`, those that
+  CSV must quote (a comma, a double quote, a line break) quoted by the csv module.
+
+  Each distinct id is quoted once, here, rather than each row by a csv.writer: the rows
+  then still go out vectorised (the MSD's train part has 33M of them).
+  """
+  raw = textio.as_bytes(ids)
+  if not len(raw):
+    return raw
+  mat = np.ascontiguousarray(raw).view(np.uint8).reshape(len(raw), raw.dtype.itemsize)
+  special = np.isin(mat, np.frombuffer(b',"\r\n', np.uint8)).any(axis=1)
+  if not special.any():
+    return raw
+  buf = io.StringIO()
+  # '\r' in the line terminator: the csv module then quotes an id holding one, too.
+  writer = csv.writer(buf, lineterminator='\r\n')
+  quoted = []
+  for b in raw[special].tolist():
+    buf.seek(0)
+    buf.truncate()
+    writer.writerow([b.decode('utf-8')])
+    quoted.append(buf.getvalue()[:-2].encode('utf-8'))
+  out = raw.astype(f'S{max(raw.dtype.itemsize, max(map(len, quoted)))}')
+  out[special] = quoted
+  return out
+
+
 def export(split: Split, out_dir: str | Path) -> dict[str, int]:
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   counts = {}
-  item_bytes = textio.as_bytes(split.item_ids)
+  item_bytes = csv_fields(split.item_ids)
   for name, (part, users_attr) in PARTS.items():
     key, n_items, u_order, i_order = _sorted_keys(split, part, users_attr)
-    user_bytes = textio.as_bytes(getattr(split, users_attr))
+    user_bytes = csv_fields(getattr(split, users_attr))
     with open(out / name, 'wb') as f:
       f.write(b'user,item\n')
       for s in range(0, len(key), _LINES):

@@ -4,36 +4,70 @@
   vaecf-recommend --workdir=DIR --input=histories.csv --output=recs.csv
   vaecf-recommend --workdir=DIR --export=DIR/export
   vaecf-recommend --exported=DIR/export --items=1,2355
+  vaecf-recommend --workdir=SWEEP_DIR --model_index=2 --items=1,2355
 
 Histories and results use ORIGINAL item ids (see vaecf.serving.recommender).
 """
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Sequence
 
+from vaecf.common import VaecfError
 from vaecf.serving.recommender import Recommendations, Recommender
+
+BOM = b'\xef\xbb\xbf'
+
+
+class HistoryError(VaecfError, ValueError):
+  """An --input file of histories that cannot be read as user,item rows."""
+
+
+def _utf8_text(data: bytes, path) -> str:
+  """`data` decoded; a HistoryError naming the first line that is not UTF-8."""
+  try:
+    return data.removeprefix(BOM).decode('utf-8')
+  except UnicodeDecodeError as e:
+    bad = e.start + (len(BOM) if data.startswith(BOM) else 0)
+    begin = max(data.rfind(b'\n', 0, bad), data.rfind(b'\r', 0, bad)) + 1
+    lineno = len(data[:begin].splitlines()) + 1
+    # Escaped, not replaced: the bad byte shows as \xNN, and stderr needs no Unicode.
+    line = data[begin:].removeprefix(BOM).splitlines()[0].decode('utf-8', 'backslashreplace')
+    raise HistoryError(
+        f'{path}, line {lineno}: not UTF-8 text (byte {data[bad]:#04x} in "{line}"); save '
+        'the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`) and try again'
+    ) from None
 
 
 def read_histories(path: str | Path) -> dict[str, list[str]]:
   """{user: [item, ...]} from user,item rows (a 'user,item' header is allowed).
 
-  A UTF-8 byte-order mark is dropped and fields are unquoted (csv); a row with an
-  empty user or item id is an error naming its line.
+  A UTF-8 byte-order mark is dropped and fields are unquoted (csv); text that is not
+  UTF-8, a row without an item or a row with an empty user or item id is an error
+  naming its line.
   """
   out: dict[str, list[str]] = {}
-  with open(path, newline='', encoding='utf-8-sig') as f:
-    for lineno, row in enumerate(csv.reader(f), 1):
+  with open(path, 'rb') as f:
+    text = _utf8_text(f.read(), path)
+  reader = csv.reader(io.StringIO(text, newline=''))
+  try:
+    for row in reader:
+      lineno = reader.line_num
       if not row or (lineno == 1 and [c.strip().lower() for c in row[:2]] == ['user', 'item']):
         continue
       if len(row) < 2:
-        raise ValueError(f'{path}, line {lineno}: expected user,item, got {row!r}')
+        open_quote = ' (a double quote left open?)' if '\n' in row[0] else ''
+        raise HistoryError(f'{path}, line {lineno}: one field ({row[0]!r}), expected two: '
+                           f'user,item{open_quote}')
       user, item = row[0].strip(), row[1].strip()
       if not user or not item:
-        raise ValueError(f'{path}, line {lineno}: empty {"user" if not user else "item"} id '
-                         f'in {row!r}')
+        raise HistoryError(f'{path}, line {lineno}: empty {"user" if not user else "item"} '
+                           f'id in {row!r}')
       out.setdefault(user, []).append(item)
+  except csv.Error as e:  # e.g. a quote left open at the end of the file
+    raise HistoryError(f'{path}, line {reader.line_num}: {e}') from None
   return out
 
 
@@ -73,18 +107,22 @@ def main(argv):
     raise app.UsageError('--input needs --output=recs.csv')
   if FLAGS.items is not None and FLAGS.input:
     raise app.UsageError('give --items or --input, not both')
+  if FLAGS.exported and FLAGS.model_index is not None:
+    raise app.UsageError('--model_index chooses a model of a sweep\'s --workdir; an export '
+                         'holds one model')
+  # Before the model loads: a bad file is named at once, and nothing is written.
+  histories = read_histories(FLAGS.input) if FLAGS.input else None
   if FLAGS.exported:
     from vaecf.serving.export import load_exported
     rec = load_exported(FLAGS.exported)
   else:
     from vaecf.serving.load import from_workdir
     rec = from_workdir(FLAGS.workdir, FLAGS.step, titles=FLAGS.titles or None,
-                       trust_code=FLAGS.trust_code)
+                       trust_code=FLAGS.trust_code, model_index=FLAGS.model_index)
   if FLAGS.export:
     from vaecf.serving.export import export
     print(f'exported to {export(rec, FLAGS.export)}')
-  if FLAGS.input:
-    histories = read_histories(FLAGS.input)
+  if histories is not None:
     users = list(histories)
     recs = rec.recommend_batch([histories[u] for u in users], FLAGS.n, FLAGS.exclude_seen)
     write_recommendations(FLAGS.output, users, recs)
@@ -105,6 +143,9 @@ def _define_flags():
   flags.DEFINE_string('workdir', None, 'A trained workdir (vaecf.main or a saved baseline).')
   flags.DEFINE_string('exported', None, 'An export folder (vaecf.serving) instead of a workdir.')
   flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the best.')
+  flags.DEFINE_integer('model_index', None, 'For a sweep\'s folder (vaecf.sweep, or a tune '
+                       'round\'s DIR/<model>/round-*): serve its model K, at its best '
+                       'validation epoch.')
   flags.DEFINE_list('items', None, 'One history: original item ids, comma-separated.')
   flags.DEFINE_string('input', None, 'CSV of user,item rows: one history per user.')
   flags.DEFINE_string('output', None, 'CSV to write user,rank,item,score[,title] rows to.')
