@@ -245,7 +245,7 @@ def test_the_commands_answer_with_one_error_line(tuned, tmp_path):
   tmp, data, _ = tuned
   cases = [
       (_tune_cmd(data, tmp_path / 't', tmp_path / 'c', 'ease', '--models_per_pass=-1'),
-       '--models_per_pass=-1'),
+       'models_per_pass=-1'),
       (_tune_cmd(data, tmp_path / 't', tmp_path / 'c', 'hvamp'), 'model.z2_dim'),
       ([sys.executable, '-m', 'vaecf.tools.ensemble', '--config=configs/multvae.py:csv',
         f'--config.data.path={data}', f'--tune={tmp / "tune"}', '--members=ease',

@@ -96,19 +96,34 @@ SWEEP_MODES = ('cap', 'constant', 'anneal_steps')
 
 
 def parse_grid(spec: str) -> dict[str, tuple[float, ...]]:
-  """'knob=v,v;knob=v' -> {knob: (v, v), ...}, in order; '' -> {}."""
+  """'knob=v,v;knob=v' -> {knob: (v, v), ...}, in order; '' -> {}.
+
+  Raises ConfigError naming the part at fault. Only the form is checked here: whether a
+  knob exists and its values are in range depends on the model (vaecf.sweep.check_points).
+  """
   grid = {}
   for part in filter(None, (p.strip() for p in spec.split(';'))):
     name, sep, values = part.partition('=')
     name = name.strip()
-    if not sep or not name.isidentifier():
-      raise ValueError(f'{part!r} is not knob=value,value,... (knobs separated by ";")')
+    if not sep:
+      raise ConfigError(f'{part!r} is not knob=value,value,... (knobs separated by ";")')
+    if not name.isidentifier():
+      raise ConfigError(f'{part!r}: {name!r} is not a knob name (knob=value,value,...)'
+                        if name else f'{part!r} names no knob before "=" (knob=value,...)')
     if name in grid:
-      raise ValueError(f'knob {name!r} is given twice')
-    try:
-      grid[name] = tuple(float(v) for v in values.split(','))
-    except ValueError:
-      raise ValueError(f'{part!r}: the values must be numbers separated by ","') from None
+      raise ConfigError(f'{part!r}: knob {name!r} is given twice')
+    texts = [v.strip() for v in values.split(',')]
+    if not all(texts):
+      raise ConfigError(f'{part!r}: an empty value; the values must be numbers separated '
+                        'by "," (no trailing ",")')
+    numbers = []
+    for text in texts:
+      try:
+        numbers.append(float(text))
+      except ValueError:
+        raise ConfigError(f'{part!r}: {text!r} is not a number; the values must be numbers '
+                          'separated by ","') from None
+    grid[name] = tuple(numbers)
   return grid
 
 
@@ -118,6 +133,14 @@ def validate(config) -> None:
   Called by every entry point before it reads data or touches a workdir, so a bad
   value costs nothing and is named, instead of failing deep inside a jitted step.
   """
+  found = find_problems(config)
+  if found:
+    raise ConfigError('invalid config:\n  ' + '\n  '.join(found))
+
+
+def find_problems(config) -> list[str]:
+  """What `validate` refuses, one line each ('key=value: what it must be'); [] if none.
+  A sweep names them per grid point (vaecf.sweep.check_points)."""
   import math
   problems = []
 
@@ -191,5 +214,4 @@ def validate(config) -> None:
     parse_grid(config.sweep.grid)
   except ValueError as e:
     problems.append(f'sweep.grid={config.sweep.grid!r}: {e}')
-  if problems:
-    raise ConfigError('invalid config:\n  ' + '\n  '.join(problems))
+  return problems

@@ -15,9 +15,9 @@ batch for all M models in one pass (vaecf.evaluate.evaluate_models). Settings th
 shapes (hidden_dims, latent_dim) cannot share a step: they run as separate sweeps, one per
 shape (vaecf.sweep_groups, which the `experiments.sweep` command uses).
 
-It is over 300 lines because the sweep's pieces (the knobs and their config keys, the
-vmapped phase steps and hooks, the M-model scorer and the loop's trainee) only make sense
-together, and each is a few lines.
+It is over 300 lines because the sweep's pieces (the knobs, their config keys and the
+checks of a grid's points, the vmapped phase steps and hooks, the M-model scorer and the
+loop's trainee) only make sense together, and each is a few lines.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vaecf import checkpoints, distributed, evaluate as evaluation, input_pipeline, loop, models, steps, train
-from vaecf.config import SWEEP_MODES, ConfigError, parse_grid
+from vaecf.config import SWEEP_MODES, ConfigError, find_problems, parse_grid, validate
 from vaecf.data.types import Split
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ MODE_KNOBS = dict(zip(SWEEP_MODES, ('anneal_cap', 'constant_beta', 'total_anneal
 def _mode_knob(config) -> str:
   """The knob `config.sweep.mode` names (a beta sweep over config.sweep.caps)."""
   if config.sweep.mode not in MODE_KNOBS:
-    raise ValueError(f'config.sweep.mode={config.sweep.mode!r}: use one of {SWEEP_MODES}')
+    raise ConfigError(f'config.sweep.mode={config.sweep.mode!r}: use one of {SWEEP_MODES}')
   return MODE_KNOBS[config.sweep.mode]
 
 
@@ -61,22 +61,96 @@ def grid_points(config) -> list[dict[str, float]]:
   return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
 
 
+def _knob_problem(config, knob: str) -> str | None:
+  """Why `knob` cannot be swept at all, whatever its values (None: it can)."""
+  if knob in TRAIN_KNOBS:
+    return None
+  if knob not in config.model:
+    numeric = [k for k in config.model if k == 'hidden_dims' or
+               config.model.get_type(k) in (int, float)]
+    return (f'sweep knob {knob!r} is not a traced hyperparameter of {config.model.name!r} '
+            f'nor a setting of its shape: a knob is one of {sorted(TRAIN_KNOBS)} or a '
+            f'number of config.model ({", ".join(sorted(numeric))})')
+  kind = config.model.get_type(knob)
+  if knob == 'hidden_dims':
+    if not config.model.hidden_dims:
+      return ('a sweep of hidden_dims sets the width of every hidden layer: set '
+              'config.model.hidden_dims to one or more layers (e.g. (600,)) so that the '
+              f'depth is stated (it is {config.model.hidden_dims!r})')
+  elif kind is bool or kind not in (int, float):
+    return f'sweep knob {knob!r}: config.model.{knob}={config.model[knob]!r} is not a number'
+  return None
+
+
+def setting(config, knob: str, value: float) -> int | float:
+  """The value a grid's `knob`=`value` gives its config key: a whole number for an integer
+  setting (so 8 and 8.0 are one shape) and for hidden_dims' width, else a float. Raises
+  ConfigError for a knob that cannot be swept or a value no setting can take."""
+  problem = _knob_problem(config, knob)
+  if problem:
+    raise ConfigError(problem)
+  if not math.isfinite(value):
+    raise ConfigError(f'{knob}={value!r}: not a finite number')
+  if knob == 'total_anneal_steps':
+    return int(round(value))  # a count of steps, rounded as it always was
+  if knob in TRAIN_KNOBS or (knob != 'hidden_dims' and config.model.get_type(knob) is float):
+    return float(value)
+  if value != round(value) or value < 1:
+    raise ConfigError(f'sweep knob {knob!r}={value:g}: a shape must be a whole number >= 1')
+  return int(round(value))
+
+
 def model_config(config, point):
   """The single-run config equivalent to the sweep's model at `point` ({knob: value}, or
-  a bare value of `config.sweep.mode`'s knob)."""
+  a bare value of `config.sweep.mode`'s knob); `hidden_dims=v` sets every hidden layer
+  to width v."""
   if not isinstance(point, dict):
     point = {_mode_knob(config): point}
   c = config.copy_and_resolve_references()
   for knob, value in point.items():
+    v = setting(config, knob, value)
     if knob in TRAIN_KNOBS:
-      key = TRAIN_KNOBS[knob]
-      c.train[key] = int(round(value)) if key == 'total_anneal_steps' else float(value)
-    elif knob in c.model:
-      c.model[knob] = float(value)
+      c.train[TRAIN_KNOBS[knob]] = v
     else:
-      raise ConfigError(f'sweep knob {knob!r} is neither a trainer knob '
-                        f'({sorted(TRAIN_KNOBS)}) nor a key of config.model')
+      c.model[knob] = (v,) * len(config.model.hidden_dims) if knob == 'hidden_dims' else v
   return c
+
+
+def _label(point: dict) -> str:
+  return ', '.join(f'{k}={v if isinstance(v, int) else float(v)!r}' for k, v in point.items())
+
+
+def check_points(config, points: list[dict]) -> None:
+  """Refuses, before anything is read or written, a sweep whose models could not all be
+  trained as single runs: no points or points of other knobs, a knob that cannot be
+  swept, a point whose config `vaecf.config.validate` would refuse (each problem with its
+  point, all at once), and points that repeat once cast (they would train one model twice).
+  Whether each knob is traced by the model's step is `check_traceable`'s (it needs the
+  model)."""
+  validate(config)
+  where = 'the sweep' + (f' (sweep.grid={config.sweep.grid!r})' if config.sweep.grid else '')
+  if not points or any(set(p) != set(points[0]) for p in points):
+    raise ConfigError(f'{where} is empty (config.sweep.caps or config.sweep.grid), or its '
+                      'points set different knobs: nothing to sweep')
+  # A knob that cannot be swept is named once, not once per point.
+  found = [p for p in (_knob_problem(config, k) for k in points[0]) if p]
+  seen: dict[tuple, list[int]] = {}
+  for i, point in enumerate(points if not found else []):
+    at = f'point {i + 1} ({_label(point)})'
+    cast = {}
+    for knob, value in point.items():
+      try:
+        cast[knob] = setting(config, knob, value)
+      except ConfigError as e:
+        found.append(f'{at}: {e}')
+    if len(cast) == len(point):
+      found += [f'{at}: {p}' for p in find_problems(model_config(config, point))]
+      seen.setdefault(tuple(cast.items()), []).append(i + 1)
+  found += [f'points {", ".join(map(str, idx))} are one model ({_label(dict(key))}): a '
+            'sweep would train it again for each' for key, idx in seen.items()
+            if len(idx) > 1]
+  if found:
+    raise ConfigError(f'{where} cannot run:\n  ' + '\n  '.join(found))
 
 
 def check_traceable(config, model: models.Model, points: list[dict]) -> None:
@@ -129,7 +203,7 @@ def resolve_models_per_pass(value: int | None, platform: str | None = None) -> i
     platform = platform or jax.default_backend()
     return 1 if platform == 'cpu' else None
   if value < 0:
-    raise ValueError(f'models_per_pass={value}: use 0 (all in one vmap) or a positive count')
+    raise ConfigError(f'models_per_pass={value}: use 0 (all in one vmap) or a positive count')
   return value or None
 
 
@@ -358,9 +432,7 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
   whose value its record holds under 'val_<select>' (and the name under 'select').
   """
   points = grid_points(config) if points is None else [dict(p) for p in points]
-  if not points or any(set(p) != set(points[0]) for p in points):
-    raise ConfigError('the sweep is empty (config.sweep.caps or config.sweep.grid), or its '
-                      'points set different knobs: nothing to sweep')
+  check_points(config, points)
 
   def check(model):  # before the workdir is touched: a sweep that cannot run writes nothing
     check_traceable(config, model, points)

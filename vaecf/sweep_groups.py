@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vaecf import models, sweep, train
 from vaecf.common import atomic_write
-from vaecf.config import ConfigError
+from vaecf.config import validate
 from vaecf.data.types import Split
 from vaecf.workdir import GROUPS_FILE
 
@@ -37,31 +37,9 @@ def shape_knobs(config, points: list[dict]) -> list[str]:
   return [k for k in points[0] if k not in traced and k in config.model]
 
 
-def _value(config, knob: str, value: float) -> int | float:
-  """The setting `value` stands for: a whole number for an integer setting and for
-  hidden_dims' width, else a float."""
-  current = config.model[knob]
-  if knob == 'hidden_dims':
-    if not current:
-      raise ConfigError('a sweep of hidden_dims sets the width of every hidden layer: set '
-                        'config.model.hidden_dims to one or more layers (e.g. (600,)) so '
-                        f'that the depth is stated (it is {current!r})')
-  elif isinstance(current, bool) or not isinstance(current, (int, float)):
-    raise ConfigError(f'sweep knob {knob!r}: config.model.{knob}={current!r} is not a number')
-  elif isinstance(current, float):
-    return float(value)
-  if value != round(value) or value < 1:
-    raise ConfigError(f'sweep knob {knob!r}={value:g}: a shape must be a whole number >= 1')
-  return int(round(value))
-
-
 def shape_config(config, shape: dict[str, float]):
   """`config` with the shape settings of one group."""
-  c = config.copy_and_resolve_references()
-  for knob, value in shape.items():
-    v = _value(config, knob, value)
-    c.model[knob] = (v,) * len(config.model.hidden_dims) if knob == 'hidden_dims' else v
-  return c
+  return sweep.model_config(config, shape)
 
 
 def group_name(shape: dict[str, float]) -> str:
@@ -76,7 +54,7 @@ def groups(config, points: list[dict]) -> list[tuple[dict, list[dict], list[int]
   names = shape_knobs(config, points)
   out: dict[str, tuple[dict, list[dict], list[int]]] = {}
   for i, p in enumerate(points):
-    shape = {k: _value(config, k, p[k]) for k in names}  # 8 and 8.0 are one shape
+    shape = {k: sweep.setting(config, k, p[k]) for k in names}  # 8 and 8.0 are one shape
     entry = out.setdefault(json.dumps(shape), (shape, [], []))
     entry[1].append({k: v for k, v in p.items() if k not in names})
     entry[2].append(i)
@@ -86,24 +64,35 @@ def groups(config, points: list[dict]) -> list[tuple[dict, list[dict], list[int]
   return [(s, [q or default for q in qs], idx) for s, qs, idx in out.values()]
 
 
+def check_grid(config, points: list[dict] | None = None, n_items: int = 2
+               ) -> tuple[list[dict], list[tuple[dict, list[dict], list[int], object]]]:
+  """(points, [(shape, traced points, their indices, the group's config)]), or a
+  ConfigError naming every bad knob, value and repeated point (vaecf.sweep.check_points)
+  and any knob a group's model does not trace. Needs no data (`n_items` only sizes the
+  models built to ask what they trace), so a command calls it before reading any."""
+  validate(config)  # a malformed grid string is named as the config's other problems are
+  points = sweep.grid_points(config) if points is None else [dict(p) for p in points]
+  sweep.check_points(config, points)
+  plan = []
+  for shape, traced, idx in groups(config, points):
+    c = shape_config(config, shape)
+    sweep.check_traceable(c, models.build(c, n_items), traced)
+    plan.append((shape, traced, idx, c))
+  return points, plan
+
+
 def train_groups(config, workdir: str | Path, *, split: Split,
                  models_per_pass: int | None = None, points: list[dict] | None = None
                  ) -> dict:
   """Every group's sweep (each resumes itself); returns and writes the merged
-  DIR/groups.json (not sweep.json: DIR itself is no sweep). Every group's config is built
-  before anything trains, so a bad shape is named before any workdir is written."""
+  DIR/groups.json (not sweep.json: DIR itself is no sweep). Every group is checked
+  (`check_grid`) before anything trains, so a bad point is named before any workdir is
+  written."""
   workdir = Path(workdir)
-  points = sweep.grid_points(config) if points is None else [dict(p) for p in points]
-  plan = groups(config, points)
-  configs = []
-  for shape, traced, _ in plan:
-    c = shape_config(config, shape)
-    model = models.build(c, split.n_items)
-    sweep.check_traceable(c, model, traced)
-    configs.append(c)
+  points, plan = check_grid(config, points, split.n_items)
   merged: list[dict | None] = [None] * len(points)
   group_records = []
-  for (shape, traced, idx), c in zip(plan, configs):
+  for shape, traced, idx, c in plan:
     sub = workdir / group_name(shape)
     log.info('shape group %s: %d model(s) in %s', group_name(shape) or '-', len(traced), sub)
     res = sweep.train_sweep(c, sub, split=split, points=traced,

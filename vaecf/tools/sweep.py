@@ -157,7 +157,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.setup()
   config, workdir = FLAGS.config, Path(FLAGS.workdir)
-  shapes = sweep_groups.shape_knobs(config, sweep.grid_points(config))
+  # Before any data is read or file written: a bad grid is named, not half-run.
+  points, _ = sweep_groups.check_grid(config)
+  per_pass = sweep.resolve_models_per_pass(FLAGS.models_per_pass)
+  shapes = sweep_groups.shape_knobs(config, points)
   if shapes and FLAGS.benchmark_epochs:
     raise app.UsageError(f'--benchmark_epochs times one shape: drop {shapes} from the grid')
   split, _ = load_split(config.data)
@@ -169,7 +172,6 @@ def main(argv):
     print(json.dumps(bench, indent=2))
   if not FLAGS.train:
     return
-  per_pass = sweep.resolve_models_per_pass(FLAGS.models_per_pass)
   if shapes:
     results = sweep_groups.train_groups(config, workdir, split=split, models_per_pass=per_pass)
     plotted = [Path(g['workdir']) for g in results['groups']]

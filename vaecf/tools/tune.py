@@ -564,9 +564,6 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.setup()
   flags_ = flags.FLAGS
-  if flags_.models_per_pass is not None and flags_.models_per_pass < 0:
-    raise ConfigError(f'--models_per_pass={flags_.models_per_pass}: 0 (all models in one '
-                      'vmap), k >= 1, or unset')
   state = run(flags_.config, flags_.workdir, flags_.models, flags_.budget,
               models_per_pass=sweep.resolve_models_per_pass(flags_.models_per_pass))
   print(markdown(state))
