@@ -136,6 +136,14 @@ def test_unknown_ids_are_warned_ignored_and_listed(rec, caplog):
   np.testing.assert_array_equal(r.scores, ref.scores)
 
 
+def test_the_unknown_id_warning_gives_distinct_examples(rec, caplog):
+  a = rec.item_ids[0].item()
+  with caplog.at_level(logging.WARNING):
+    rec.recommend_batch([[a, 'nope'], ['nope', a], ['nope'], ['gone']], n=3)
+  (msg,) = [r.getMessage() for r in caplog.records if 'catalogue' in r.getMessage()]
+  assert msg.startswith('4 item id(s)') and '(2 distinct, e.g. nope, gone)' in msg, msg
+
+
 def test_duplicates_count_once(rec):
   a, b = rec.item_ids[3:5].tolist()
   r = rec.recommend([a, b, a, str(a)], n=10)

@@ -121,9 +121,10 @@ class Recommender:
       notes.append({'history': known, 'unknown': unknown, 'duplicates': dups})
     n_unknown = sum(len(n['unknown']) for n in notes)
     if n_unknown:
-      first = [i for n in notes for i in n['unknown']][:5]
-      log.warning('%d item id(s) not in the model\'s catalogue were ignored (e.g. %s)',
-                      n_unknown, ', '.join(map(str, first)))
+      # Examples are distinct ids: one unknown id in every history is one example.
+      distinct = list(dict.fromkeys(str(i) for n in notes for i in n['unknown']))
+      log.warning('%d item id(s) not in the model\'s catalogue were ignored (%d distinct, '
+                  'e.g. %s)', n_unknown, len(distinct), ', '.join(distinct[:5]))
     x = sp.csr_matrix((np.ones(len(cols), np.float32), np.asarray(cols, np.int32), indptr),
                       shape=(len(notes), self.n_items))
     return x, notes
