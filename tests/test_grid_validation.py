@@ -60,23 +60,6 @@ def test_bad_grid_values_are_refused_as_config_values_before_the_workdir(
   assert not (tmp_path / 'sweep').exists()
 
 
-@pytest.mark.parametrize('grid,match', [
-    ('latent_dim=nan', r'point 1 \(latent_dim=nan\): latent_dim=nan: not a finite number'),
-    ('latent_dim=8,inf', r'point 2 \(latent_dim=inf\): latent_dim=inf: not a finite'),
-    ('latent_dim=-inf', 'not a finite number'),
-    ('hidden_dims=nan', 'hidden_dims=nan: not a finite number'),
-    ('latent_dim=8,2.5;learning_rate=1e-3', r'point 2 .*latent_dim.*=2.5: .*whole number'),
-    ('latent_dim=8,-2', r'point 2 .*whole number >= 1'),
-])
-def test_bad_shape_values_are_refused_by_the_same_checks(tmp_path, embedded_split, grid,
-                                                         match):
-  c = small_config(tmp_path)
-  c.sweep.grid = grid
-  with pytest.raises(ConfigError, match=match):
-    sweep_groups.train_groups(c, tmp_path / 'groups', split=embedded_split)
-  assert not (tmp_path / 'groups').exists()
-
-
 def test_the_command_refuses_bad_values_before_reading_the_data(tmp_path):
   proc = _sweep_command(tmp_path, 'dropout_rate=1.5,0.5;learning_rate=-1e-3,1e-3')
   _refused(proc, tmp_path, 'model.dropout_rate=1.5', 'train.learning_rate=-0.001')

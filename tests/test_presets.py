@@ -65,7 +65,8 @@ def test_default_config_is_multvae_on_the_embedded_preset_with_its_tuned_knobs()
   assert (c.train.batch_size, c.train.total_anneal_steps) == (100, 500)
 
 
-def _clicks_csv(path: Path, n_users=150, n_items=80, seed=0) -> Path:
+def clicks_csv(path: Path, n_users=150, n_items=80, seed=0) -> Path:
+  """A small `user,item` file of clicks for the csv preset."""
   rng = np.random.default_rng(seed)
   rows = ['user,item']
   for u in range(n_users):
@@ -76,7 +77,7 @@ def _clicks_csv(path: Path, n_users=150, n_items=80, seed=0) -> Path:
 
 
 def _train_cli(tmp_path, config, *extra):
-  f = _clicks_csv(tmp_path / 'clicks.csv')
+  f = clicks_csv(tmp_path / 'clicks.csv')
   wd = tmp_path / 'wd'
   proc = subprocess.run(
       [sys.executable, '-m', 'vaecf.main', f'--config={config}', f'--config.data.path={f}',

@@ -34,7 +34,14 @@ def test_points_group_by_shape_in_order_and_a_shape_only_group_is_one_model(tmp_
       [{'anneal_cap': c.train.anneal_cap}]]
 
 
+# The same checks as any config value: non-finite, fractional or < 1 shapes, named by point.
 @pytest.mark.parametrize('grid,match', [
+    ('latent_dim=nan', r'point 1 \(latent_dim=nan\): latent_dim=nan: not a finite number'),
+    ('latent_dim=8,inf', r'point 2 \(latent_dim=inf\): latent_dim=inf: not a finite'),
+    ('latent_dim=-inf', 'not a finite number'),
+    ('hidden_dims=nan', 'hidden_dims=nan: not a finite number'),
+    ('latent_dim=8,2.5;learning_rate=1e-3', r'point 2 .*latent_dim.*=2.5: .*whole number'),
+    ('latent_dim=8,-2', r'point 2 .*whole number >= 1'),
     ('latent_dim=4.5,8', 'whole number'),
     ('latent_dim=0,8', 'whole number'),
     ('likelihood=1,2', 'not a number'),

@@ -8,25 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from vaecf import console, presets
-from vaecf.config import ConfigError
 from vaecf.tools import ensemble, tune
-from vaecf.workdir import WorkdirError
+from test_presets import clicks_csv
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def clicks_csv(path: Path, n_users=120, n_items=50, seed=0) -> Path:
-  rng = np.random.default_rng(seed)
-  rows = ['user,item']
-  for u in range(n_users):
-    for i in rng.choice(n_items, size=rng.integers(6, 16), replace=False):
-      rows.append(f'u{u},i{i}')
-  path.write_text('\n'.join(rows) + '\n')
-  return path
 
 
 def csv_config(tmp: Path, data: Path, model='multvae'):
