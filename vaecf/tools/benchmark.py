@@ -3,6 +3,7 @@
   vaecf-benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
       [--dtype=float32|bfloat16|tf32|float32_highest] [--steps_per_call=K]
       [--sweep_models=M] [--devices=N] [--steps=30] [--compare_dense] [--compare_torch]
+  vaecf-benchmark --lower=cuda,tpu   (lowers every jitted function; vaecf.tools.lowering)
 
 The click matrix has the training shape and density of the chosen paper dataset
 (heavy-tailed item popularity, log-normal user lengths >= 5, fixed seed), built
@@ -393,6 +394,11 @@ def _define_flags():
   flags.DEFINE_bool('compare_dense', False, 'Also time the same step with a dense input layer.')
   flags.DEFINE_bool('compare_torch', False, 'Also time a plain PyTorch Mult-VAE step on the '
                     'same users (vaecf.tools.torch_reference; needs torch installed).')
+  flags.DEFINE_list('lower', [], 'Instead of timing: lower every jitted function for these '
+                    'platforms (e.g. cuda,tpu) with jax.export and print a table '
+                    '(vaecf.tools.lowering); exit 1 unless all lower.')
+  flags.DEFINE_integer('lower_devices', 8, 'With --lower on a CPU: fake this many host '
+                       'devices, so the data-parallel steps lower with their collectives.')
 
 
 def main(argv):
@@ -401,6 +407,15 @@ def main(argv):
   from vaecf import console
   console.setup()
   f = flags.FLAGS
+  if f.lower:
+    from vaecf.tools import lowering
+    # Before JAX starts its backend (nothing has touched a device yet): a mesh of N
+    # devices, as a multi-chip host would have, even on a one-CPU machine.
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_'
+                               f'platform_device_count={f.lower_devices}').strip()
+    rows = lowering.lower_all(tuple(f.lower))
+    print(lowering.report(rows))
+    return 0 if lowering.all_lowered(rows) else 1
   out = run(f.shape, f.model, f.batch_size, f.dtype, f.devices, f.steps, f.eval_users,
             f.compare_dense, f.steps_per_call, f.sweep_models, compare_torch=f.compare_torch)
   print(json.dumps(out))
