@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from vaecf import checkpoints
 from vaecf.tools import tune
 from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
 
@@ -12,7 +13,7 @@ from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
 def _objective(optimum):
   """A smooth peak in log10 of each knob: the validation score of a synthetic model."""
   def evaluate_round(points):
-    return [{tune.score_key(tune.DEFAULT_SELECT): -sum((math.log10(p[k]) - math.log10(v)) ** 2
+    return [{checkpoints.BEST_METRIC: -sum((math.log10(p[k]) - math.log10(v)) ** 2
                                for k, v in optimum.items())} for p in points]
   return evaluate_round
 
@@ -30,11 +31,12 @@ def test_the_search_extends_past_the_first_grid_to_an_optimum_outside_it():
 
 def test_a_hard_bound_is_an_answer_and_a_linear_knob_refines_to_its_resolution():
   knob = tune.Knob('dropout', (0.3, 0.5, 0.7), 'linear', 0.0, 0.9, 0.05)
-  score = lambda pts: [{tune.score_key(tune.DEFAULT_SELECT): -p['dropout']} for p in pts]  # best at the bound 0
+  # Best at the bound 0.
+  score = lambda pts: [{checkpoints.BEST_METRIC: -p['dropout']} for p in pts]
   best, rounds = tune.search([knob], score, budget=50, base=tune.base_point([knob]))
   assert best == {'dropout': 0.0}
   assert min(p['dropout'] for r in rounds for p in r['points']) == 0.0  # clipped, not below
-  score = lambda pts: [{tune.score_key(tune.DEFAULT_SELECT): -abs(p['dropout'] - 0.42)} for p in pts]
+  score = lambda pts: [{checkpoints.BEST_METRIC: -abs(p['dropout'] - 0.42)} for p in pts]
   best, _ = tune.search([knob], score, budget=50, base=tune.base_point([knob]))
   assert abs(best['dropout'] - 0.42) <= 0.05
 
@@ -132,7 +134,7 @@ def test_a_trained_round_grown_by_a_larger_budget_serves_each_of_its_points(tmp_
     score_fn, batch = tune.chosen_scorer('multvae', tmp_path, embedded_split,
                                          {'models': {'multvae': state}})
     val = evaluate.evaluate(score_fn, *embedded_split.heldout('val'), batch_size=batch)
-    assert val.summary()['ndcg@100'] == pytest.approx(detail[tune.score_key(tune.DEFAULT_SELECT)], rel=1e-5)
+    assert val.summary()['ndcg@100'] == pytest.approx(detail[checkpoints.BEST_METRIC], rel=1e-5)
   # A round's sweep opens without being told its size (its points are not in its config).
   import jax
   from vaecf import distributed, sweep

@@ -18,14 +18,22 @@ from vaecf.common import VaecfError
 from vaecf.distributed import replicated
 
 
+# config.eval.select's default, and what every record made before it was a setting chose by.
+DEFAULT_SELECT = 'ndcg@100'
+
+
 def best_key(select: str) -> str:
   """The record, row and results key of the validation metric `select` ('ndcg@100')."""
   return f'val_{select}'
 
 
-# The default selection's key: readers of runs made before eval.select existed
-# (vaecf/tools/select_beta.py) still name it.
-BEST_METRIC = best_key('ndcg@100')
+def recorded_select(record: dict) -> str:
+  """The metric a results, sweep or tune record chose by (its 'select'; older ones have
+  none and chose by DEFAULT_SELECT)."""
+  return record.get('select', DEFAULT_SELECT)
+
+
+BEST_METRIC = best_key(DEFAULT_SELECT)
 
 
 class CheckpointError(VaecfError, RuntimeError):

@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ndcg, mrr, hit, precision, map and the catalogue's coverage.
   c.eval.metrics = ('recall@20', 'recall@50', 'ndcg@100')
   # The one that picks the best epoch, a tune's points and an ensemble's weights.
-  c.eval.select = 'ndcg@100'
+  c.eval.select = 'ndcg@100'  # vaecf.checkpoints.DEFAULT_SELECT
 
   c.sweep = ml_collections.ConfigDict()
   # Parallel sweeps (vaecf-sweep): one model per value, trained at once.

@@ -52,6 +52,26 @@ def _flatten(d: dict, prefix: str = '') -> dict:
   return out
 
 
+def config_changes(old: dict, new: dict, may_change=RESUMABLE_CHANGES) -> list[str]:
+  """'key: old -> new' for each setting of a saved config (`old`, as JSON) that `new`
+  changes, those under `may_change` excepted."""
+  old, new = _flatten(old), _flatten(new)
+  if old.get('model.module') in MOVED_MODULES:  # a model vaecf now installs: the same code
+    old['model.module'] = ''
+  # A key added to vaecf after the config was saved, at its default, is what that run did
+  # (new settings default to the old behaviour): going on with it changes nothing.
+  defaults = _flatten(json.loads(base_config().to_json_best_effort()))
+  diffs = []
+  for k in sorted(set(old) | set(new)):
+    if any(k == p or k.startswith(p + '.') for p in tuple(may_change) + RETIRED_KEYS):
+      continue
+    if k not in old and k in defaults and new.get(k) == defaults[k]:
+      continue
+    if old.get(k) != new.get(k):
+      diffs.append(f'{k}: {old.get(k)!r} -> {new.get(k)!r}')
+  return diffs
+
+
 def split_signature(split: Split) -> dict:
   """Counts that identify a split: (rows, nonzeros) of each part and the item count."""
   parts = ('train', 'val_tr', 'val_te', 'test_tr', 'test_te')
@@ -88,22 +108,8 @@ class Workdir:
     file = self.path / 'config.json'
     if not file.exists():
       return []
-    old = _flatten(json.loads(file.read_text()))
-    new = _flatten(json.loads(config.to_json_best_effort()))
-    if old.get('model.module') in MOVED_MODULES:  # a model vaecf now installs: the same code
-      old['model.module'] = ''
-    # A key added to vaecf after the run was written, at its default, is what that run
-    # did (new settings default to the old behaviour): resuming it changes nothing.
-    defaults = _flatten(json.loads(base_config().to_json_best_effort()))
-    diffs = []
-    for k in sorted(set(old) | set(new)):
-      if any(k == p or k.startswith(p + '.') for p in RESUMABLE_CHANGES + RETIRED_KEYS):
-        continue
-      if k not in old and k in defaults and new.get(k) == defaults[k]:
-        continue
-      if old.get(k) != new.get(k):
-        diffs.append(f'{k}: {old.get(k)!r} -> {new.get(k)!r}')
-    return diffs
+    return config_changes(json.loads(file.read_text()),
+                          json.loads(config.to_json_best_effort()), RESUMABLE_CHANGES)
 
   def split_diff(self, split: Split) -> list[str]:
     """How `split` differs from the one the run in this workdir was trained on."""

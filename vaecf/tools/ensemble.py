@@ -29,7 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vaecf.tools import tune, tune_records
-from vaecf import console, evaluate
+from vaecf import checkpoints, console, evaluate
 from vaecf.common import atomic_write
 from vaecf.config import ConfigError, validate
 from vaecf.workdir import WorkdirError
@@ -95,12 +95,7 @@ def run(config, tune_dir: str | Path, members: list[str], steps: int = 10, *,
   state = tune_records.read_state(tune_dir)
   for m in members:
     tune.finished(state, m, tune_dir)
-  select = config.eval.select
-  if state.get('select', tune.DEFAULT_SELECT) != select:
-    raise ConfigError(f'{tune_dir} was tuned by validation '
-                      f'{state.get("select", tune.DEFAULT_SELECT)}; weights chosen by '
-                      f'eval.select={select!r} would mix two criteria: pass the tune\'s '
-                      '--config.eval.select')
+  tune_records.check_select(state, config.eval.select, tune_dir)
   if split is None:
     split, _ = load_split(config.data)
   tune_records.check(tune_dir, state, split, {})  # the tune's own data, or a refusal
@@ -140,7 +135,7 @@ def _run(config, tune_dir: Path, state: dict, split, members, steps, batch_size,
   for m, r in zip(members, alone):
     d = test.per_user[per_user] - r.per_user[per_user]
     paired[m] = {'mean': float(d.mean()), 'se': float(d.std() / np.sqrt(len(d)))}
-  key = f'val_{select}'
+  key = checkpoints.best_key(select)
   out = {'dataset': config.data.name, 'members': members, 'steps': steps, 'select': select,
          'weights': dict(zip(members, map(float, chosen))),
          key: float(val_score[best]),
@@ -161,17 +156,18 @@ def _pm(t: dict, m: str) -> str:
 
 
 def summary(out: dict) -> str:
-  t, select = out['test'], out.get('select', tune.DEFAULT_SELECT)
-  paired_metric = out.get('paired_metric', 'ndcg@100')
+  t, select = out['test'], checkpoints.recorded_select(out)
+  paired_metric = out.get('paired_metric', checkpoints.DEFAULT_SELECT)
   weights = ', '.join(f'{m} {w:.2f}' for m, w in out['weights'].items())
   lines = [f'{out["dataset"]}: ensemble weights chosen on validation: {weights} '
-           f'(val {select} {out[f"val_{select}"]:.4f})',
+           f'(val {select} {out[checkpoints.best_key(select)]:.4f})',
            f'  test ({out["n_test_users"]} users): ' +
            ', '.join(f'{m} {_pm(t, m)}' for m in t if not m.endswith('_se'))]
   for m, a in out['members_alone'].items():
     d = out[f'test_{paired_metric}_minus_member'][m]
     mt = a['test']
-    lines.append(f'  {m} alone: val {select} {a[f"val_{select}"]:.4f}, test {paired_metric} '
+    lines.append(f'  {m} alone: val {select} {a[checkpoints.best_key(select)]:.4f}, '
+                 f'test {paired_metric} '
                  f'{_pm(mt, paired_metric) if paired_metric in mt else "-"}; ensemble '
                  f'minus it, paired over test users: {d["mean"]:+.4f} ± {d["se"]:.4f}')
   return '\n'.join(lines)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaecf import baselines, console, evaluate, presets, train
+from vaecf import baselines, checkpoints, console, evaluate, presets, train
 from vaecf.common import atomic_write
 from vaecf.data import load_split
 from vaecf.workdir import read_metrics
@@ -61,7 +61,7 @@ def _table_eval(config):
 
 def _val(r: dict) -> float:
   """A stage's validation score of the metric that chose it (older stages: NDCG@100)."""
-  return r[f"val_{r.get('select', 'ndcg@100')}"]
+  return r[checkpoints.best_key(checkpoints.recorded_select(r))]
 
 
 def _key(hp: dict) -> str:
@@ -113,9 +113,10 @@ def trained_row(sub: Path) -> dict:
   wall = sum(r['seconds'] for r in read_metrics(sub)) + res['test_eval_seconds']
   hp = {k.split('.')[1]: _lookup(cfg, k) for k in CONFIG_KEYS}
   hp['best_epoch'] = res['best_epoch']
-  select = res.get('select', 'ndcg@100')
+  select = checkpoints.recorded_select(res)
+  key = checkpoints.best_key(select)
   return {'model': res['model'], 'likelihood': cfg['model']['likelihood'], 'select': select,
-          'test': res['test'], f'val_{select}': res[f'val_{select}'],
+          'test': res['test'], key: res[key],
           'n_test_users': res['n_test_users'], 'hparams': hp, 'wall_seconds': wall}
 
 
@@ -164,9 +165,10 @@ def baseline_stage(name: str, workdir: Path, split, grid: list[dict] | None = No
   test = evaluate.evaluate(fitted.score_fn, *split.heldout('test'), metrics=metrics)
   test_seconds = time.perf_counter() - t0
   result = {'model': name, 'test': test.summary(), 'select': select,
-            f'val_{select}': best['val'][select],
+            checkpoints.best_key(select): best['val'][select],
             'n_test_users': test.n_users, 'hparams': fitted.hparams,
-            'grid': [{'hparams': r['grid_point'], f'val_{select}': r['val'][select],
+            'grid': [{'hparams': r['grid_point'],
+                      checkpoints.best_key(select): r['val'][select],
                       'fit_seconds': r['fit_seconds']} for r in rows],
             'info': best['info'], 'fit_seconds': best['fit_seconds'],
             'wall_seconds': sum(r['fit_seconds'] + r['eval_seconds'] for r in rows)
@@ -236,7 +238,7 @@ def markdown(table: dict) -> str:
   for m in sorted(rows, key=lambda m: -rows[m]['test']['ndcg@100']):
     r = rows[m]
     lines.append(f"| {LABELS[m]} | {_pm(r, 'recall@20')} | {_pm(r, 'recall@50')} | "
-                 f"{_pm(r, 'ndcg@100')} | {_val(r):.4f} ({r.get('select', 'ndcg@100')}) | "
+                 f"{_pm(r, 'ndcg@100')} | {_val(r):.4f} ({checkpoints.recorded_select(r)}) | "
                  f"{_hp_text(r['hparams'])} "
                  f"| {_time(r['wall_seconds'])} |")
   lines += ['', 'Test NDCG@100 by likelihood (mean ± standard error; wall time):', '',
@@ -270,7 +272,7 @@ def _notes(m: str, r: dict) -> list[str]:
   if 'converged' in info:
     out.append(f"- SLIM (chosen point): ADMM {info['iters']} iterations, converged "
                f"{info['converged']}, {100 * info['density']:.2f}% of weights nonzero")
-  grid, key = r.get('grid', []), f"val_{r.get('select', 'ndcg@100')}"
+  grid, key = r.get('grid', []), checkpoints.best_key(checkpoints.recorded_select(r))
   if len(grid) > 1:  # only the keys the grid varies
     keys = [k for k in grid[0]['hparams'] if len({str(g['hparams'].get(k)) for g in grid}) > 1]
     out.append(f'- {LABELS[m]} grid: ' + '; '.join(

@@ -33,8 +33,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf import (console, distributed, evaluate as evaluation, input_pipeline, models, steps,
-                   sweep, sweep_groups, train)
+from vaecf import (checkpoints, console, distributed, evaluate as evaluation, input_pipeline,
+                   models, steps, sweep, sweep_groups, train)
 from vaecf.tools import plots
 from vaecf.data import load_split
 
@@ -140,7 +140,7 @@ def benchmark(config, split, epochs: int, repeats: int = 2,
 def markdown(results: dict) -> str:
   knobs = list(results['points'][0])
   labels = ([plots.SWEEP_LABELS.get(results['mode'], knobs[0])] if len(knobs) == 1 else knobs)
-  select = results.get('select') or results['models'][0].get('select', 'ndcg@100')
+  select = checkpoints.recorded_select(results)
   lines = ['| ' + ' | '.join(labels) + f' | best epoch | val {select} | test NDCG@100 | '
            'test Recall@20 | test Recall@50 |', '|---' * (len(labels) + 5) + '|']
   for m in results['models']:

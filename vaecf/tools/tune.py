@@ -42,7 +42,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vaecf import baselines, console, distributed, evaluate, models, steps, sweep, train
+from vaecf import (baselines, checkpoints, console, distributed, evaluate, models, steps, sweep,
+                   train)
 from vaecf.common import atomic_write
 from vaecf.config import ConfigError, validate
 from vaecf.tools import tune_records
@@ -50,12 +51,6 @@ from vaecf.data import load_split
 from vaecf.workdir import Workdir, WorkdirError, load_config, read_metrics, split_signature
 
 log = logging.getLogger(__name__)
-# tune.json's records name their scores by the selection metric: val_<eval.select>.
-DEFAULT_SELECT = 'ndcg@100'  # what a tune.json older than eval.select chose by
-
-
-def score_key(select: str) -> str:
-  return f'val_{select}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +111,8 @@ def propose(knob: Knob, tried: dict[float, float], seen: set[float] = frozenset(
 
 
 def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float],
-           rounds: list[dict] | None = None, on_round=None, metric: str = score_key(
-               DEFAULT_SELECT)) -> tuple[dict, list[dict]]:
+           rounds: list[dict] | None = None, on_round=None,
+           metric: str = checkpoints.BEST_METRIC) -> tuple[dict, list[dict]]:
   """Coordinate-wise refinement from `base`; evaluate_round(points) -> [{metric: ...}].
 
   `rounds` replays rounds already done (a resumed tune): a recorded round with the same
@@ -232,7 +227,7 @@ def tuned_config(config, model_name: str, split):
 def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, on_round,
                  models_per_pass: int | None = None):
   c = tuned_config(config, name, split)
-  metric = score_key(c.eval.select)
+  metric = checkpoints.best_key(c.eval.select)
   train.import_model_module(c)
   model = models.build(c, split.n_items)
   knobs = trained_space(c, model)
@@ -330,7 +325,7 @@ def _detail_of(point, rounds):
 def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round,
                   eval_config):
   knobs = BASELINE_SPACES[name]
-  select, metric = eval_config.select, score_key(eval_config.select)
+  select, metric = eval_config.select, checkpoints.best_key(eval_config.select)
   fixed = BASELINE_FIXED.get(name, {})
   val_set = split.heldout('val')
 
@@ -369,34 +364,25 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
   """
   check_request(config, model_names, budget, models_per_pass)
   workdir = Path(workdir)
-  path = workdir / tune_records.STATE
-  _check_select(tune_records.read_state(workdir), config, path)
+  # Checked before the data is read, then again under the lock (another command may have
+  # written the folder meanwhile).
+  state = tune_records.read_state(workdir)
+  tune_records.check_select(state, config.eval.select, workdir)
   if split is None:
     split, _ = load_split(config.data)
   records = {name: tune_records.config_record(
       config if name in baselines.NAMES else tuned_config(config, name, split),
       name in baselines.NAMES) for name in model_names}
-  tune_records.check(workdir, tune_records.read_state(workdir), split, records)
+  tune_records.check(workdir, state, split, records)
   lock = tune_records.lock(workdir)  # held until this command ends
   try:
-    # Read again under the lock: what another command finished meanwhile is kept.
-    state = tune_records.read_state(workdir)
-    _check_select(state, config, path)
+    state = tune_records.read_state(workdir)  # what another command finished is kept
+    tune_records.check_select(state, config.eval.select, workdir)
     tune_records.check(workdir, state, split, records)
     return _run(config, workdir, state, split, model_names, budget, records,
                 stop_after_rounds, models_per_pass)
   finally:
     lock.close()
-
-
-def _check_select(state: dict, config, path: Path) -> None:
-  select = config.eval.select
-  recorded = state.get('select', DEFAULT_SELECT if state['models'] else select)
-  if recorded != select:
-    raise ConfigError(f'{path} chose its points by validation {recorded}; this call selects '
-                      f'by eval.select={select!r}, and mixing the two would compare unlike '
-                      'scores: pass --config.eval.select=' + recorded + ' or use a fresh '
-                      '--workdir')
 
 
 def check_request(config, model_names, budget, models_per_pass) -> None:
@@ -438,7 +424,7 @@ def _run(config, workdir: Path, state: dict, split, model_names, budget, records
          stop_after_rounds, models_per_pass) -> dict:
   path = workdir / tune_records.STATE
   select = config.eval.select
-  metric = score_key(select)
+  metric = checkpoints.best_key(select)
   state['select'] = select
   state.update(dataset=config.data.name, budget=budget, signature=split_signature(split),
                n_val_users=int(split.heldout('val')[1].getnnz(axis=1).astype(bool).sum()))
@@ -500,8 +486,8 @@ def _budget_cut(entry: dict) -> bool:
 
 
 def markdown(state: dict) -> str:
-  select = state.get('select', DEFAULT_SELECT)
-  metric = score_key(select)
+  select = checkpoints.recorded_select(state)
+  metric = checkpoints.best_key(select)
   shown = [m for m in ('recall@20', 'recall@50', 'ndcg@100', select)
            if all(m in e['test'] for e in state['models'].values() if 'test' in e)]
   shown = list(dict.fromkeys(shown))
@@ -549,7 +535,7 @@ def plot(state: dict, workdir: Path) -> list[Path]:
       if 'chosen' in e:
         ax.axvline(e['chosen'][k], color='C3', lw=0.8)
       ax.set_xlabel(k)
-      ax.set_ylabel(f'val {state.get("select", DEFAULT_SELECT)}')
+      ax.set_ylabel(f'val {checkpoints.recorded_select(state)}')
     fig.suptitle(f'{name} on {state["dataset"]}', fontsize=10)
     fig.tight_layout()
     out = workdir / f'tune_{name}.png'

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vaecf.workdir import Workdir, WorkdirError, split_signature
+from vaecf import checkpoints
+from vaecf.config import ConfigError
+from vaecf.workdir import Workdir, WorkdirError, config_changes, split_signature
 
 STATE = 'tune.json'
 # Settings a tune may be rerun with: where the data and cache are, how evaluation is
@@ -43,18 +45,15 @@ def config_record(config, baseline: bool) -> dict:
   return {k: saved[k] for k in BASELINE_SECTIONS if k in saved} if baseline else saved
 
 
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
-  return out
-
-
-def config_changes(old: dict, new: dict) -> list[str]:
-  a, b = _flatten(old), _flatten(new)
-  return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k) and
-          not any(k == p or k.startswith(p + '.') for p in MAY_CHANGE)]
+def check_select(state: dict, select: str, folder: Path) -> None:
+  """Refuses to go on with (or ensemble) a tune chosen by another metric than `select`:
+  their scores cannot be compared."""
+  recorded = checkpoints.recorded_select(state) if state['models'] else select
+  if recorded != select:
+    raise ConfigError(f'{folder / STATE} chose its points by validation {recorded}; this '
+                      f'call selects by eval.select={select!r}, and mixing the two would '
+                      f'compare unlike scores: pass --config.eval.select={recorded} or use '
+                      'another folder')
 
 
 def check(folder: Path, state: dict, split, configs: dict[str, dict]) -> None:
@@ -72,7 +71,7 @@ def check(folder: Path, state: dict, split, configs: dict[str, dict]) -> None:
   for name, new in configs.items():
     old = state['models'].get(name, {}).get('config')
     if old is not None:
-      problems += [f'{name}: {d}' for d in config_changes(old, new)]
+      problems += [f'{name}: {d}' for d in config_changes(old, new, MAY_CHANGE)]
   if problems:
     raise WorkdirError(f'{path} tuned these models under another config; going on would '
                        'let points of two settings compete:\n  ' + '\n  '.join(problems) +
