@@ -222,8 +222,8 @@ def test_recommending_from_a_sound_workdir_prints_no_orbax_metadata_warning(trai
 
 def test_only_orbaxs_missing_metadata_line_is_silenced(caplog):
   from absl import logging as absl_logging
-  from vaecf.serving import load
-  with caplog.at_level(logging.WARNING, logger='absl'), load.quiet_orbax():
+  from vaecf import checkpoints
+  with caplog.at_level(logging.WARNING, logger='absl'), checkpoints.quiet_missing_metadata():
     absl_logging.warning('Metadata file does not exist: %s', '/x/_CHECKPOINT_METADATA')
     absl_logging.warning('something else went wrong')
   assert 'something else went wrong' in caplog.text

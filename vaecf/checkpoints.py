@@ -7,6 +7,8 @@ by default, the key of every run made before the metric could be chosen).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,28 @@ def record_at(mngr: ocp.CheckpointManager, step: int) -> dict:
   return dict(out['record'])
 
 
+class _NoMissingMetadata(logging.Filter):
+  """Drops orbax's `Metadata file does not exist: .../_CHECKPOINT_METADATA` only."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not ('orbax' in record.pathname and
+                str(record.msg).startswith('Metadata file does not exist'))
+
+
+@contextlib.contextmanager
+def quiet_missing_metadata():
+  """Orbax warns that a sound checkpoint lacks metadata when asked for the layout of a
+  step's `state` item (load_state): it looks for a _CHECKPOINT_METADATA there, where only
+  the step folder has one. Orbax logs through absl's logger, so the filter sits there,
+  while that one read runs."""
+  quiet, logger = _NoMissingMetadata(), logging.getLogger('absl')
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
+
+
 def load_state(workdir: str | Path, step: int | None = None, device=None) -> tuple[Any, dict]:
   """(state, record) of a step (default: the latest) on one local device.
 
@@ -122,7 +146,8 @@ def load_state(workdir: str | Path, step: int | None = None, device=None) -> tup
   device = device or jax.local_devices()[0]
   sharding = jax.sharding.SingleDeviceSharding(device)
   try:
-    meta = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(step) / 'state')
+    with quiet_missing_metadata():
+      meta = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(step) / 'state')
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
                             dict(meta.item_metadata.tree))
   except Exception as e:

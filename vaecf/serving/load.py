@@ -5,7 +5,6 @@ importing vaecf.serving stays light.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -20,31 +19,6 @@ log = logging.getLogger(__name__)
 
 class ServingError(VaecfError, ValueError):
   """A folder that cannot be served as asked; nothing in it was changed."""
-
-
-class _NoMissingMetadata(logging.Filter):
-  """Drops orbax's `Metadata file does not exist: .../_CHECKPOINT_METADATA` only."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not ('orbax' in record.pathname and
-                str(record.msg).startswith('Metadata file does not exist'))
-
-
-@contextlib.contextmanager
-def quiet_orbax():
-  """While a checkpoint is read: orbax warns that a sound checkpoint lacks metadata.
-
-  Reading a step's layout (vaecf.checkpoints.load_state) asks orbax for the metadata of
-  the step's `state` item, and orbax looks for a _CHECKPOINT_METADATA there, where only
-  the step folder has one: every read would print that warning. Orbax logs through
-  absl's logger, so the filter sits there, for the read only.
-  """
-  quiet, logger = _NoMissingMetadata(), logging.getLogger('absl')
-  logger.addFilter(quiet)
-  try:
-    yield
-  finally:
-    logger.removeFilter(quiet)
 
 
 def _titles(workdir: Path, titles) -> dict:
@@ -175,27 +149,26 @@ def from_workdir(workdir: str | Path, step: int | None = None, *, titles=None,
   mesh = distributed.make_mesh()
   info = {'workdir': str(wd), 'step': None, 'model': config.model.name,
           'dataset': config.data.name}
-  with quiet_orbax():
-    mngr = checkpoints.manager(wd)
-    saved = mngr.all_steps()
-    if not saved:
-      raise FileNotFoundError(f'no checkpoint in {wd / "checkpoints"}')
-    record = checkpoints.record_at(mngr, max(saved))
-    if isinstance(record.get('best'), list):  # a sweep: one best per model
-      params, step = _sweep_member(wd, config, len(item_ids), mesh, record['best'],
-                                   model_index, step)
-      info['model_index'] = int(model_index)
-    else:
-      if model_index is not None:
-        raise _not_a_sweep(wd, model_index)
-      if step is None:
-        step = _best_step(wd, mngr, record)
-      elif step not in saved:
-        raise FileNotFoundError(f'no checkpoint step {step} in {wd}; saved: {saved}')
-      # Restored from the checkpoint's own metadata: any device count or process layout
-      # that saved it loads here, and no optimizer needs building.
-      state, _ = checkpoints.load_state(wd, step)
-      params = state['params']
+  mngr = checkpoints.manager(wd)
+  saved = mngr.all_steps()
+  if not saved:
+    raise FileNotFoundError(f'no checkpoint in {wd / "checkpoints"}')
+  record = checkpoints.record_at(mngr, max(saved))
+  if isinstance(record.get('best'), list):  # a sweep: one best per model
+    params, step = _sweep_member(wd, config, len(item_ids), mesh, record['best'],
+                                 model_index, step)
+    info['model_index'] = int(model_index)
+  else:
+    if model_index is not None:
+      raise _not_a_sweep(wd, model_index)
+    if step is None:
+      step = _best_step(wd, mngr, record)
+    elif step not in saved:
+      raise FileNotFoundError(f'no checkpoint step {step} in {wd}; saved: {saved}')
+    # Restored from the checkpoint's own metadata: any device count or process layout
+    # that saved it loads here, and no optimizer needs building.
+    state, _ = checkpoints.load_state(wd, step)
+    params = state['params']
   for_params, batch = steps.make_scorer(model, mesh, config.train.eval_batch_size)
   # None: the Recommender scores an empty row with the model itself.
   fallback = None if model.fallback is None else np.asarray(model.fallback(params))
