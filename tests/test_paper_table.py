@@ -16,6 +16,7 @@ from vaecf.data.types import Split
 REPO = Path(__file__).resolve().parents[1]
 TINY_GRIDS = {
     'ease': [{'lam': 1.0}, {'lam': 10.0}],
+    'edlae': [{'lam': 1.0, 'p': 0.5}],
     'wmf': [{'factors': 4, 'alpha': 4.0, 'lam': 1.0, 'iters': 3, 'cg_steps': 3},
             {'factors': 4, 'alpha': 9.0, 'lam': 1.0, 'iters': 3, 'cg_steps': 3}],
     'slim': [{'l1': 1.0, 'l2': 5.0}],
@@ -61,7 +62,7 @@ def tiny_config(tmp_path):
 
 def test_baselines_table_and_resumption(tmp_path, split, monkeypatch):
   wd = tmp_path / 'table'
-  models = ('popularity', 'ease', 'wmf', 'slim')
+  models = ('popularity', 'ease', 'edlae', 'wmf', 'slim')
   table = paper_table.run(tiny_config(tmp_path), wd, models=models, grids=TINY_GRIDS,
                           split=split, command='test')
   assert set(table['models']) == set(models)
@@ -128,7 +129,7 @@ def test_every_model_and_likelihood_end_to_end(tmp_path, split, monkeypatch):
   assert table['models']['multvae']['likelihood'] == 'multinomial'
   assert table['models']['cdae']['hparams']['user_node'] in ('fit', 'zero')
   md = (wd / 'table.md').read_text()
-  for label in ('Mult-VAE^PR', 'Mult-DAE', 'CDAE', 'SLIM', 'WMF', 'EASE', 'Popularity',
+  for label in ('Mult-VAE^PR', 'Mult-DAE', 'CDAE', 'SLIM', 'WMF', 'EASE', 'EDLAE', 'Popularity',
                 '| logistic |', '| gaussian |'):
     assert label in md
   # Rerun: every stage is finished, nothing trains or fits again.

@@ -5,6 +5,7 @@ scores every item for a batch of (fold-in) users, ready for `vaecf.evaluate.eval
 
   popularity  item counts among training users (the floor)
   ease        Steck 2019, closed form
+  edlae       Steck 2020, emphasized denoising linear autoencoder, full-rank closed form
   wmf         Hu, Koren & Volinsky 2008, implicit ALS; held-out users by one solve
   slim        Ning & Karypis 2011, non-negative elastic net with zero diagonal (ADMM)
   cdae        Wu et al. 2016, per-user input node fitted at fold-in
@@ -33,7 +34,7 @@ import scipy.sparse as sp
 
 from vaecf.common import ScoreFn, atomic_write
 
-NAMES = ('popularity', 'ease', 'wmf', 'slim', 'cdae')
+NAMES = ('popularity', 'ease', 'edlae', 'wmf', 'slim', 'cdae')
 
 
 def module(name: str):

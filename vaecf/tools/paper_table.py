@@ -40,11 +40,12 @@ TRAINED = ('multvae', 'multdae')
 # Models trained with the model and train settings they declare (vaecf.presets.compose);
 # the table's config gives the data, the split and the metrics.
 EXPERIMENTS = ('recvae', 'hvamp')
-MODELS = ('multvae', 'multdae', *EXPERIMENTS, 'cdae', 'slim', 'wmf', 'ease', 'popularity')
+MODELS = ('multvae', 'multdae', *EXPERIMENTS, 'cdae', 'slim', 'wmf', 'ease', 'edlae',
+          'popularity')
 LIKELIHOODS = ('multinomial', 'gaussian', 'logistic')
 LABELS = {'multvae': 'Mult-VAE^PR', 'multdae': 'Mult-DAE', 'recvae': 'RecVAE',
           'hvamp': 'H+Vamp (Gated)', 'cdae': 'CDAE', 'slim': 'SLIM',
-          'wmf': 'WMF', 'ease': 'EASE', 'popularity': 'Popularity'}
+          'wmf': 'WMF', 'ease': 'EASE', 'edlae': 'EDLAE', 'popularity': 'Popularity'}
 PAPER_ORDER = ('multvae', 'cdae', 'multdae', 'slim', 'wmf')  # ML-20M NDCG@100, best first
 METRICS = ('recall@20', 'recall@50', 'ndcg@100')
 CONFIG_KEYS = ('model.likelihood', 'model.hidden_dims', 'model.latent_dim',
