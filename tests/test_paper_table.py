@@ -163,14 +163,14 @@ def test_experiment_models_train_with_their_own_config_on_the_tables_data(tmp_pa
   c.data.n_heldout_users = 37
   table = paper_table.run(c, tmp_path / 'table', models=list(paper_table.EXPERIMENTS),
                           split=split, command='test')
-  assert set(seen) == set(table['models']) == {'recvae', 'hvamp'}
+  assert set(seen) == set(table['models']) == {'recvae', 'hvamp', 'ract'}
   for name, got in seen.items():
     assert got.model.module == ''  # installed: nothing to import
     assert got.data.to_dict() == c.data.to_dict()  # the table's data and split
     own = paper_table.experiment_config(base_config(), name)
     assert got.model.to_dict() == own.model.to_dict() and got.train == own.train
   md = (tmp_path / 'table' / 'table.md').read_text()
-  assert '| RecVAE |' in md and '| H+Vamp (Gated) |' in md
+  assert '| RecVAE |' in md and '| H+Vamp (Gated) |' in md and '| RaCT |' in md
 
 
 @pytest.mark.slow

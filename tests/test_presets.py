@@ -14,7 +14,7 @@ from vaecf import models, presets, train
 from vaecf.config import ConfigError, base_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
-BUILT_IN = ('multvae', 'multdae', 'recvae', 'hvamp')
+BUILT_IN = ('multvae', 'multdae', 'recvae', 'hvamp', 'ract')
 
 
 def config_file(name: str, dataset: str = ''):
@@ -33,10 +33,23 @@ def test_every_model_on_every_preset(model, dataset):
   for key, value in presets.DATASETS[dataset]['data'].items():
     assert c.data[key] == value, key
   declared = models.settings(model)
-  for key in declared.model:
-    assert key in c.model, key
-  for key, value in {**declared.train, **presets.DATASETS[dataset].get('train', {})}.items():
-    assert c.train[key] == value, key  # the dataset's scale over the model's default
+  own = declared.datasets.get(dataset, {})
+  for key, value in {**declared.model, **own.get('model', {})}.items():
+    assert c.model[key] == value, key
+  # The dataset's scale over the model's default, and the model's own for the dataset
+  # over both.
+  for key, value in {**declared.train, **presets.DATASETS[dataset].get('train', {}),
+                     **own.get('train', {})}.items():
+    assert c.train[key] == value, key
+
+
+def test_a_model_rescales_its_own_settings_for_a_dataset():
+  on_1m, on_20m = config_file('ract', 'ml-1m'), config_file('ract', 'ml-20m')
+  assert (on_1m.model.critic_epochs, on_1m.train.epochs) == (100, 300)
+  assert (on_20m.model.critic_epochs, on_20m.train.epochs) == (50, 200)  # the declaration
+  assert on_1m.model.mle_epochs == on_20m.model.mle_epochs == 100
+  with pytest.raises(ValueError, match="only 'model' and 'train'"):
+    models.register('bad', datasets={'ml-1m': {'data': {}}})
 
 
 def test_no_dataset_is_the_embedded_one():

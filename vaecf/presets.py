@@ -4,7 +4,8 @@
 
 ml_collections hands the text after ':' to the config file's `get_config`, which calls
 `compose(model, dataset)`: base_config(), then the model's own keys and defaults (declared
-once, where the model registers: vaecf.models.registry), then the dataset's preset below.
+once, where the model registers: vaecf.models.registry), then the dataset's preset below,
+then the model's own settings for that dataset, if it registers any (RaCT's stages on ML-1M).
 Each preset is the paper's preprocessing and held-out counts (docs/protocol.md), written
 only here.
 """
@@ -59,6 +60,9 @@ def compose(model: str, dataset: str = DEFAULT_DATASET, *,
   c.data.name = dataset
   _update(c.data, preset['data'])
   _update(c.train, preset.get('train', {}))
+  own = declared.datasets.get(dataset, {})
+  _update(c.model, own.get('model', {}))
+  _update(c.train, own.get('train', {}))
   return c
 
 

@@ -114,9 +114,13 @@ class Model:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The config keys a model reads beyond base_config's, and the defaults it starts from
-  (model.* keys it adds or overrides, train.* keys it overrides)."""
+  (model.* keys it adds or overrides, train.* keys it overrides); `datasets` holds the
+  model's own settings for a dataset preset, {dataset: {'model': {...}, 'train': {...}}}
+  (a schedule counted in epochs that must be rescaled to a dataset's steps)."""
   model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  datasets: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(
+      default_factory=dict)
 
 
 _FACTORIES: dict[str, Callable[[Any, int], Model]] = {}
@@ -124,15 +128,25 @@ _SETTINGS: dict[str, Settings] = {}
 
 
 def register(name: str, *, model: Mapping[str, Any] | None = None,
-             train: Mapping[str, Any] | None = None):
+             train: Mapping[str, Any] | None = None,
+             datasets: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None):
   """Decorator: `@register('mymodel', model={'my_knob': 1.0}) def make(config, n_items)`.
 
   `model` and `train` are the model's config keys with their defaults: the keys it
   adds to config.model (its own knobs) and the base keys it starts from other values.
+  `datasets` overrides some of them on a dataset preset: {'ml-1m': {'model': {...},
+  'train': {...}}}, applied after the preset (vaecf.presets.compose).
   """
+  datasets = {d: dict(v) for d, v in (datasets or {}).items()}
+  for d, sections in datasets.items():
+    unknown = set(sections) - {'model', 'train'}
+    if unknown:
+      raise ValueError(f'model {name!r}: datasets[{d!r}] has sections {sorted(unknown)}; '
+                       "only 'model' and 'train'")
+
   def wrap(factory):
     _FACTORIES[name] = factory
-    _SETTINGS[name] = Settings(dict(model or {}), dict(train or {}))
+    _SETTINGS[name] = Settings(dict(model or {}), dict(train or {}), datasets)
     return factory
   return wrap
 
