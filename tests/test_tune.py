@@ -12,7 +12,7 @@ from test_sweep import embedded_split, small_config  # noqa: F401  (the fixture)
 
 def _objective(optimum):
   """A smooth peak in log10 of each knob: the validation score of a synthetic model."""
-  def evaluate_round(points):
+  def evaluate_round(points, done=()):
     return [{checkpoints.BEST_METRIC: -sum((math.log10(p[k]) - math.log10(v)) ** 2
                                for k, v in optimum.items())} for p in points]
   return evaluate_round
@@ -32,11 +32,11 @@ def test_the_search_extends_past_the_first_grid_to_an_optimum_outside_it():
 def test_a_hard_bound_is_an_answer_and_a_linear_knob_refines_to_its_resolution():
   knob = tune.Knob('dropout', (0.3, 0.5, 0.7), 'linear', 0.0, 0.9, 0.05)
   # Best at the bound 0.
-  score = lambda pts: [{checkpoints.BEST_METRIC: -p['dropout']} for p in pts]
+  score = lambda pts, done: [{checkpoints.BEST_METRIC: -p['dropout']} for p in pts]
   best, rounds = tune.search([knob], score, budget=50, base=tune.base_point([knob]))
   assert best == {'dropout': 0.0}
   assert min(p['dropout'] for r in rounds for p in r['points']) == 0.0  # clipped, not below
-  score = lambda pts: [{checkpoints.BEST_METRIC: -abs(p['dropout'] - 0.42)} for p in pts]
+  score = lambda pts, done: [{checkpoints.BEST_METRIC: -abs(p['dropout'] - 0.42)} for p in pts]
   best, _ = tune.search([knob], score, budget=50, base=tune.base_point([knob]))
   assert abs(best['dropout'] - 0.42) <= 0.05
 
@@ -52,7 +52,7 @@ def test_a_round_an_earlier_budget_cut_is_finished_without_evaluating_its_points
   objective = _objective({'lam': 300.0, 'alpha': 2e-4})
   evaluated = []
 
-  def counting(points):
+  def counting(points, done):
     evaluated.extend(points)
     return objective(points)
   base = tune.base_point(knobs)
@@ -145,3 +145,21 @@ def test_a_trained_round_grown_by_a_larger_budget_serves_each_of_its_points(tmp_
                                        load_config(tmp_path / detail['workdir']),
                                        embedded_split.n_items, distributed.make_mesh())
     assert jax.tree.leaves(params)[0].shape[0] == sweep_size(detail)
+
+
+@pytest.mark.slow
+def test_edlae_and_multdae_tune_from_the_multvae_config(tmp_path, embedded_split):
+  # The documented calls: `--models=multdae` (its weight_decay is unset in this config)
+  # and EDLAE, the baseline beside EASE; the test metrics are the chosen point's own.
+  from vaecf import baselines, evaluate
+  c = small_config(tmp_path)
+  c.train.epochs = 1
+  out = tune.run(c, tmp_path / 'tune', ['edlae', 'multdae'], budget=3,
+                 split=embedded_split)['models']
+  assert set(out['multdae']['chosen']) == {'dropout_rate', 'weight_decay', 'learning_rate'}
+  chosen = out['edlae']['chosen']
+  assert set(chosen) == {'lam', 'p'} and out['edlae']['points'] == 3
+  fitted = baselines.fit('edlae', embedded_split.train, chosen)
+  again = evaluate.evaluate(fitted.score_fn, *embedded_split.heldout('test'),
+                            metrics=c.eval.metrics)
+  assert out['edlae']['test'] == pytest.approx(again.summary())

@@ -12,7 +12,8 @@ proposes nothing new, or after `--budget` points.
 - Trained models (multvae, multdae, any registered model): each round is one vmapped
   sweep over the round's points (vaecf.sweep), its test users unscored, the epoch of each
   point chosen by the validation metric eval.select (NDCG@100 by default; train.patience
-  stops each point on its own, and the round when all have stopped).
+  stops each point on its own, and the round when all have stopped; `--halving_eta`
+  also stops, at rungs, the points that cannot catch the best: vaecf.tools.halving).
 - Baselines: each point is a fit on the training users, scored on validation users.
 Then the chosen point alone is scored on the test users, once.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -46,7 +48,7 @@ from vaecf import (baselines, checkpoints, console, distributed, evaluate, model
                    train)
 from vaecf.common import atomic_write
 from vaecf.config import ConfigError, validate
-from vaecf.tools import tune_records
+from vaecf.tools import halving, tune_records
 from vaecf.data import load_split
 from vaecf.workdir import Workdir, WorkdirError, load_config, read_metrics, split_signature
 
@@ -113,7 +115,8 @@ def propose(knob: Knob, tried: dict[float, float], seen: set[float] = frozenset(
 def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float],
            rounds: list[dict] | None = None, on_round=None,
            metric: str = checkpoints.BEST_METRIC) -> tuple[dict, list[dict]]:
-  """Coordinate-wise refinement from `base`; evaluate_round(points) -> [{metric: ...}].
+  """Coordinate-wise refinement from `base`; evaluate_round(points, done) -> [{metric:
+  ...}], `done` being the rounds scored before these points (a stop rule's incumbent).
 
   `rounds` replays rounds already done (a resumed tune): a recorded round with the same
   points is taken as it is instead of being evaluated again. on_round(rounds) runs after
@@ -144,7 +147,7 @@ def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float
       # An earlier call's budget cut this round (only ever the last): evaluate the rest.
       replay = iter(())
       t0 = time.perf_counter()
-      details = evaluate_round(points[len(recorded['points']):])
+      details = evaluate_round(points[len(recorded['points']):], out + [recorded])
       round_ = {**recorded, 'points': points,
                 'scores': recorded['scores'] + [d[metric] for d in details],
                 'details': recorded['details'] + details,
@@ -152,7 +155,7 @@ def search(knobs: list[Knob], evaluate_round, budget: int, base: dict[str, float
     else:
       replay = iter(())  # the history diverges here: evaluate anew from now on
       t0 = time.perf_counter()
-      details = evaluate_round(points)
+      details = evaluate_round(points, list(out))
       round_ = {'knob': knob.name, 'points': points, 'scores': [d[metric] for d in details],
                 'details': details, 'seconds': time.perf_counter() - t0}
     out.append(round_)
@@ -171,7 +174,7 @@ class _MoreWanted(Exception):
 def converged(knobs: list[Knob], rounds: list[dict], base: dict[str, float]) -> bool:
   """Whether the search that made `rounds` had nothing left to propose (it stopped by
   converging, not on its budget): its replay with no budget asks for no new point."""
-  def more(points):
+  def more(points, done):
     raise _MoreWanted
   try:
     search(knobs, more, 10 ** 9, base, rounds)
@@ -200,6 +203,11 @@ def trained_space(config, model: models.Model) -> list[Knob]:
 BASELINE_SPACES = {
     'popularity': [],
     'ease': [Knob('lam', (50.0, 200.0, 800.0), lo=1e-3)],
+    # Steck's p = 0.33 (ML-20M, Netflix) sits inside; p -> 1 makes Lambda unbounded, and
+    # 0.9 already loses on ML-1M. lam is far below EASE's: Lambda's p/(1-p) diag(G) term
+    # carries most of the regularisation.
+    'edlae': [Knob('lam', (30.0, 100.0, 300.0), lo=1e-3),
+              Knob('p', (0.25, 0.5, 0.67), 'linear', 0.0, 0.9, 0.05)],
     'wmf': [Knob('lam', (10.0, 100.0), lo=1e-3), Knob('alpha', (4.0, 29.0), lo=0.0)],
     'slim': [Knob('l1', (1.0, 10.0), lo=1e-4), Knob('l2', (100.0, 500.0), lo=1e-2)],
     'cdae': [Knob('corruption', (0.2, 0.5), 'linear', 0.0, 0.9, 0.1)],
@@ -225,24 +233,26 @@ def tuned_config(config, model_name: str, split):
 
 
 def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, on_round,
-                 models_per_pass: int | None = None):
+                 models_per_pass: int | None = None, rule: halving.Rule | None = None):
   c = tuned_config(config, name, split)
   metric = checkpoints.best_key(c.eval.select)
   train.import_model_module(c)
   model = models.build(c, split.n_items)
   knobs = trained_space(c, model)
 
-  def evaluate_round(points):
+  def evaluate_round(points, done):
     # Named by its points: a killed round's sweep is found again and resumes itself.
     digest = hashlib.sha1(json.dumps(points, sort_keys=True).encode()).hexdigest()[:10]
     sub = workdir / name / f'round-{digest}'
+    extra = {} if rule is None else {'stop_rule': halving.stop_rule(
+        rule, c.train.epochs, _incumbent_history(workdir, done, metric))}
     res = sweep.train_sweep(c, sub, split=split, points=points, score_test=False,
-                            models_per_pass=models_per_pass)
+                            models_per_pass=models_per_pass, **extra)
     # Each epoch's wall time once (models that stopped early have no rows after it).
     seconds = sum({r['epoch']: r['seconds'] for r in read_metrics(sub)}.values())
     return [{metric: m[metric], 'best_epoch': m['best_epoch'],
              'workdir': tune_records.relative(workdir, sub), 'index': m['index'],
-             'sweep_seconds': seconds} for m in res['models']]
+             'sweep_seconds': seconds, **_stop_of(m)} for m in res['models']]
   best, done = search(knobs, evaluate_round, budget, base_point(knobs), rounds, on_round,
                       metric)
   detail = _detail_of(best, done)
@@ -258,6 +268,26 @@ def tune_trained(config, name: str, workdir: Path, split, budget: int, rounds, o
                       'converged': done_searching,
                       'fixed': {'total_anneal_steps': c.train.total_anneal_steps,
                                 'epochs': c.train.epochs, 'patience': c.train.patience}}
+
+
+def _incumbent_history(folder: Path, done: list[dict], metric: str) -> list | None:
+  """The validation curve of the best point of the rounds `done` (the search's choice so
+  far), read from its round's sweep: the stop rule's yardstick. None before any round."""
+  scored = [(s, json.dumps(p, sort_keys=True), d) for r in done
+            for p, s, d in zip(r['points'], r['scores'], r['details'])]
+  if not scored:
+    return None
+  _, _, detail = max(scored, key=lambda t: t[:2])
+  rows = read_metrics(tune_records.resolve(folder, detail['workdir']))
+  return halving.history_of(rows, detail['index'], metric)
+
+
+def _stop_of(m: dict) -> dict:
+  """Where and why a round's point stopped before train.epochs (none: it did not)."""
+  if 'stopped_after_epoch' not in m:
+    return {}
+  return {'stopped_after_epoch': m['stopped_after_epoch'],
+          'stopped_by': m.get('stopped_by', 'patience')}
 
 
 def _sweep_member_scorer(c, model, n_items: int, detail: dict, folder: Path):
@@ -329,7 +359,7 @@ def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round
   fixed = BASELINE_FIXED.get(name, {})
   val_set = split.heldout('val')
 
-  def evaluate_round(points):
+  def evaluate_round(points, done):
     out = []
     for p in points:
       t0 = time.perf_counter()
@@ -356,13 +386,15 @@ def tune_baseline(name: str, workdir: Path, split, budget: int, rounds, on_round
 # -- the command ------------------------------------------------------------------------------
 
 def run(config, workdir: str | Path, model_names: list[str], budget: int, *, split=None,
-        stop_after_rounds: int | None = None, models_per_pass: int | None = None) -> dict:
+        stop_after_rounds: int | None = None, models_per_pass: int | None = None,
+        rule: halving.Rule | None = None) -> dict:
   """Tunes each model in turn (resuming what DIR/tune.json holds); returns tune.json.
 
   `stop_after_rounds` ends after that many new rounds, as a kill would (tests);
-  `models_per_pass` is the sweep's (1 is fastest on a CPU).
+  `models_per_pass` is the sweep's (1 is fastest on a CPU); `rule` stops a trained
+  round's hopeless points at rungs (vaecf.tools.halving; None: patience alone).
   """
-  check_request(config, model_names, budget, models_per_pass)
+  check_request(config, model_names, budget, models_per_pass, rule)
   workdir = Path(workdir)
   # Checked before the data is read, then again under the lock (another command may have
   # written the folder meanwhile).
@@ -373,6 +405,10 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
   records = {name: tune_records.config_record(
       config if name in baselines.NAMES else tuned_config(config, name, split),
       name in baselines.NAMES) for name in model_names}
+  if rule is not None:  # a trained model's points score as far as the rule lets them train
+    for name in model_names:
+      if name not in baselines.NAMES:
+        records[name]['tune_flags'] = rule.record()
   tune_records.check(workdir, state, split, records)
   lock = tune_records.lock(workdir)  # held until this command ends
   try:
@@ -380,15 +416,20 @@ def run(config, workdir: str | Path, model_names: list[str], budget: int, *, spl
     tune_records.check_select(state, config.eval.select, workdir)
     tune_records.check(workdir, state, split, records)
     return _run(config, workdir, state, split, model_names, budget, records,
-                stop_after_rounds, models_per_pass)
+                stop_after_rounds, models_per_pass, rule)
   finally:
     lock.close()
 
 
-def check_request(config, model_names, budget, models_per_pass) -> None:
+def check_request(config, model_names, budget, models_per_pass, rule=None) -> None:
   """Refuses what this tune cannot do, before any data is read or file written."""
   validate(config)
   problems = []
+  if rule is not None:
+    problems += halving.problems(rule.eta, rule.min_epochs)
+    if 'stop_rule' not in inspect.signature(sweep.train_sweep).parameters:
+      problems.append('--halving_eta: this vaecf\'s sweep has no stop rule hook '
+                      '(vaecf.sweep.train_sweep(stop_rule=...)); tune without it')
   if not model_names or len(set(model_names)) != len(model_names):
     problems.append(f'--models={",".join(model_names)}: name each model once')
   if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
@@ -421,7 +462,7 @@ def check_request(config, model_names, budget, models_per_pass) -> None:
 
 
 def _run(config, workdir: Path, state: dict, split, model_names, budget, records,
-         stop_after_rounds, models_per_pass) -> dict:
+         stop_after_rounds, models_per_pass, rule) -> dict:
   path = workdir / tune_records.STATE
   select = config.eval.select
   metric = checkpoints.best_key(select)
@@ -462,7 +503,7 @@ def _run(config, workdir: Path, state: dict, split, model_names, budget, records
                                             on_round, config.eval)
       else:
         best, rounds, final = tune_trained(config, name, workdir, split, budget,
-                                           entry['rounds'], on_round, models_per_pass)
+                                           entry['rounds'], on_round, models_per_pass, rule)
     except Stop:
       return state
     entry.update(rounds=rounds, chosen=best, **final,
@@ -551,7 +592,8 @@ def main(argv):
   console.setup()
   flags_ = flags.FLAGS
   state = run(flags_.config, flags_.workdir, flags_.models, flags_.budget,
-              models_per_pass=sweep.resolve_models_per_pass(flags_.models_per_pass))
+              models_per_pass=sweep.resolve_models_per_pass(flags_.models_per_pass),
+              rule=halving.from_flags(flags_.halving_eta, flags_.halving_min_epochs))
   print(markdown(state))
   for p in plot(state, Path(flags_.workdir)):
     print(p)
@@ -566,6 +608,11 @@ def cli():
   flags.DEFINE_integer('models_per_pass', None, 'Models of a round vmapped together (0: all; '
                        'unset: 1, a loop over them, on a CPU, where it is fastest, and all '
                        'on an accelerator).')
+  flags.DEFINE_integer('halving_eta', 0, 'Successive halving of a trained round\'s points '
+                       '(docs/tuning.md): at epochs r, r*eta, ... a point out of the top '
+                       '1/eta that cannot catch the best stops. 0: off.')
+  flags.DEFINE_integer('halving_min_epochs', halving.DEFAULT_MIN_EPOCHS,
+                       'The first rung r of --halving_eta.')
   config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                   lock_config=True)
   flags.mark_flags_as_required(['config', 'workdir'])
