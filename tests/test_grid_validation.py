@@ -162,3 +162,17 @@ def test_a_valid_grid_passes_the_checks_unchanged(tmp_path):
   assert cm.train.learning_rate == 2e-3
   c.sweep.grid = ''
   sweep.check_points(c, sweep.grid_points(c))  # a beta sweep over distinct caps
+
+
+def test_an_unset_number_is_a_knob_after_its_references_are_resolved():
+  # Mult-DAE's weight_decay is None (its model default: 0.01 / batch size) and a tune's
+  # config is a resolved copy, which types None as NoneType: the documented Mult-DAE
+  # tune (`vaecf-tune --config=configs/multvae.py:ml-1m --models=multdae`) needs it.
+  from vaecf import presets
+  c = presets.compose('multdae').copy_and_resolve_references()
+  assert c.model.weight_decay is None
+  points = [{'weight_decay': 2e-5}, {'weight_decay': 8e-5}]
+  sweep.check_points(c, points)
+  assert sweep.setting(c, 'weight_decay', 2e-5) == 2e-5
+  assert isinstance(sweep.setting(c, 'weight_decay', 1.0), float)
+  assert sweep.model_config(c, points[1]).model.weight_decay == 8e-5

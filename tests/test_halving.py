@@ -250,14 +250,11 @@ def test_a_replay_of_a_tune_missing_its_rounds_names_the_round(tmp_path):
     halving.replay(tmp_path, RULE)
 
 
-# -- in the loop (once vaecf.loop.run takes a stop_rule) ----------------------------------------
+# -- in the loop ------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_a_sweep_stops_where_the_replay_says_and_resumes_alike(tmp_path):
-  import inspect
   from vaecf import sweep
-  if 'stop_rule' not in inspect.signature(sweep.train_sweep).parameters:
-    pytest.skip('vaecf.sweep.train_sweep has no stop_rule yet (the loop patch)')
   from test_sweep import embedded_split, small_config  # noqa: F401
   from vaecf.data import load_split
   from vaecf.workdir import read_metrics

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from vaecf import distributed, input_pipeline, loop, train
+from vaecf import device_data, distributed, input_pipeline, loop, train
 from vaecf.models import Phase
 from vaecf.config import ConfigError, parse_grid, validate
 from vaecf.workdir import read_metrics
@@ -72,6 +72,27 @@ def test_the_loop_runs_each_phase_pass_on_its_own_shuffle_then_the_phase_hook():
   # The first phase's means as loss; each phase's as <phase>_loss; beta: the last step's.
   assert rows[0]['loss'] == rows[0]['a_loss'] == np.mean([2, 3, 4, 5, 6, 7])
   assert rows[0]['b_loss'] == np.mean([8, 9, 10]) and rows[0]['beta'] == pytest.approx(0.07)
+
+
+def test_the_host_pipeline_runs_a_given_order_and_padding():
+  # How a device-fed epoch is replayed on the host (vaecf.device_data): its order, per pass.
+  n, b, seed, epoch = 10, 4, 7, 3
+  train_x = sp.identity(n, np.float32, format='csr')
+  trainee = _Recorder(1)
+  orders = lambda e, k: np.roll(np.arange(n), e + k)
+  loop.train_epoch(trainee, 0, [True], train_x, epoch, batch_size=b, seed=seed, epochs=5,
+                   orders=orders, nnz=64)
+  users = [c[1] for c in trainee.calls if c[0] in 'ab']
+  assert [u for us in users[:3] for u in us] == list(orders(epoch, 0))
+  assert [u for us in users[6:] for u in us] == list(orders(epoch, 2))
+
+
+def test_blocks_of_steps_are_one_step_axis():
+  blocks = [device_data.Scanned({'loss': jnp.asarray(v, jnp.float32),
+                                 'beta': jnp.asarray(v, jnp.float32) / 4,
+                                 'users': jnp.ones(len(v), jnp.float32)})
+            for v in ([1.0, 3.0], [5.0])]
+  assert loop.epoch_metrics((Phase(),), {'train': blocks}) == [{'loss': 3.0, 'beta': 1.25}]
 
 
 def test_one_models_scalar_metrics_are_one_row():

@@ -59,6 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_latest = 1  # checkpoints kept besides the best
   # Early stopping: end once the best validation NDCG@100 is this many epochs old (0: never).
   c.train.patience = 0
+  # Training data on the device (vaecf.device_data): its own order, batches gathered there,
+  # steps_per_dispatch steps a dispatch. auto: on an accelerator when it fits the budget;
+  # on: wherever it fits (else the host pipeline, saying why); off: the host pipeline.
+  c.train.device_data = 'auto'
+  # Per device, for the CSR and one pass's order: an absolute size, so that a dataset is
+  # fed the same way on every machine and backend (a CPU reports no memory to take a
+  # fraction of); 2 GiB holds each paper dataset's CSR several times over.
+  c.train.device_data_budget_gb = 2.0
+  c.train.steps_per_dispatch = 16  # device data: steps in one jitted lax.scan
 
   c.eval = ml_collections.ConfigDict()
   # Metrics of every validation and test pass, 'name@K' (vaecf.evaluate.KINDS): recall,
@@ -93,6 +102,7 @@ LIKELIHOODS = ('multinomial', 'gaussian', 'logistic')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 INPUT_LAYERS = ('sparse', 'dense')
 SWEEP_MODES = ('cap', 'constant', 'anneal_steps')
+DEVICE_DATA = ('auto', 'on', 'off')  # vaecf.device_data.MODES
 
 
 def parse_grid(spec: str) -> dict[str, tuple[float, ...]]:
@@ -201,6 +211,12 @@ def find_problems(config) -> list[str]:
           'a number >= 0, or None to anneal')
   check('train.patience', is_int(t.patience) and (t.patience == 0 or t.patience >= t.eval_every),
         'an integer number of epochs >= train.eval_every, or 0 for no early stopping')
+  check('train.device_data', t.device_data in DEVICE_DATA, f'one of {DEVICE_DATA}')
+  check('train.device_data_budget_gb',
+        finite(t.device_data_budget_gb) and t.device_data_budget_gb > 0,
+        'a finite number > 0 of GiB per device')
+  check('train.steps_per_dispatch', is_int(t.steps_per_dispatch) and t.steps_per_dispatch >= 1,
+        'an integer >= 1 (train steps in one dispatch of device-resident data)')
   e = config.eval
   try:
     from vaecf.evaluate import parse_metrics

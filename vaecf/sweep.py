@@ -77,7 +77,9 @@ def _knob_problem(config, knob: str) -> str | None:
       return ('a sweep of hidden_dims sets the width of every hidden layer: set '
               'config.model.hidden_dims to one or more layers (e.g. (600,)) so that the '
               f'depth is stated (it is {config.model.hidden_dims!r})')
-  elif kind is bool or kind not in (int, float):
+  elif kind is bool or (kind not in (int, float) and config.model[knob] is not None):
+    # None: a number left unset (weight_decay's model default), which a copy with its
+    # references resolved no longer types as float
     return f'sweep knob {knob!r}: config.model.{knob}={config.model[knob]!r} is not a number'
   return None
 
@@ -93,7 +95,8 @@ def setting(config, knob: str, value: float) -> int | float:
     raise ConfigError(f'{knob}={value!r}: not a finite number')
   if knob == 'total_anneal_steps':
     return int(round(value))  # a count of steps, rounded as it always was
-  if knob in TRAIN_KNOBS or (knob != 'hidden_dims' and config.model.get_type(knob) is float):
+  if knob in TRAIN_KNOBS or (knob != 'hidden_dims' and (
+      config.model.get_type(knob) is float or config.model[knob] is None)):
     return float(value)
   if value != round(value) or value < 1:
     raise ConfigError(f'sweep knob {knob!r}={value:g}: a shape must be a whole number >= 1')
@@ -282,14 +285,19 @@ def _keep_best(best_M, params_M, improved_M):
   return jax.tree.map(pick, best_M, params_M)
 
 
+def make_sweep_score_fn(model: models.Model, mesh, models_per_pass: int | None = None):
+  """score(params_M, batch) -> logits [M, B, I]: every model's scores of one batch."""
+  single = steps.make_score_fn(model, mesh)
+  return jax.jit(lambda params_M, x: over_models(lambda p: single(p, x), models_per_pass)(
+      params_M))
+
+
 def make_sweep_scorer(model: models.Model, mesh, eval_batch_size: int,
                       models_per_pass: int | None = None):
   """(score_fn factory, batch): score_fn(params_M)(csr) -> logits [M, B, I], one pass."""
   n = mesh.devices.size
   batch = -(-eval_batch_size // n) * n
-  single = steps.make_score_fn(model, mesh)
-  score = jax.jit(lambda params_M, x: over_models(lambda p: single(p, x), models_per_pass)(
-      params_M))
+  score = make_sweep_score_fn(model, mesh, models_per_pass)
 
   def for_params(params_M):
     def score_fn(x):
@@ -365,8 +373,8 @@ class _Sweep:
   def steps(self, active):
     idx = _indices(active)
     hp = self.hparams if idx is None else _take(self.hparams, idx)
-    return {name: (lambda states, batch, fn=fn: fn(states, batch, hp))
-            for name, fn in self.phase_steps.items()}
+    # Partials (train._Single's reason): each epoch's are new objects of the same steps.
+    return {name: functools.partial(fn, hparams_M=hp) for name, fn in self.phase_steps.items()}
 
   def _evaluate(self, params_M, which, n_models):
     return evaluation.evaluate_models(self.for_params(params_M), *self.split.heldout(which),
@@ -411,6 +419,7 @@ class _Sweep:
                     'select': self.select,
                     **({'stopped_after_epoch': b['stopped_after']} if 'stopped_after' in b
                        else {}),
+                    **({'stopped_by': b['stopped_by']} if 'stopped_by' in b else {}),
                     **({'test': t.summary(), 'n_test_users': t.n_users} if t else {})}
                    for i, (p, b, t) in enumerate(zip(self.points, best, tests))],
         'test_eval_seconds': seconds,
@@ -420,11 +429,13 @@ class _Sweep:
 
 def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
                 models_per_pass: int | None = None, stop_after_epoch: int | None = None,
-                points: list[dict] | None = None, score_test: bool = True) -> dict:
+                points: list[dict] | None = None, score_test: bool = True,
+                stop_rule=None) -> dict:
   """Trains (or resumes) the sweep in `workdir`; returns and writes `sweep.json`.
 
   `points` ([{knob: value}], one per model) replaces the config's grid (a tuner's
-  round); `score_test=False` leaves the test users unscored.
+  round); `score_test=False` leaves the test users unscored; `stop_rule` is loop.run's
+  (a tuner's rule that stops hopeless points: vaecf.tools.halving).
 
   metrics.jsonl holds one row per (epoch, model) with 'model' and 'sweep_value' (and
   'sweep_point' for a grid of several knobs); the latest checkpoint holds every model's
@@ -445,7 +456,7 @@ def train_sweep(config, workdir: str | Path, *, split: Split | None = None,
     trainee = _Sweep(config, split, mesh, model, optimizer, init_key, points, models_per_pass)
     return loop.run(wd, split, trainee, loop.Plan.from_config(config),
                     stop_after_epoch=stop_after_epoch, results_file='sweep.json',
-                    score_test=score_test)
+                    score_test=score_test, stop_rule=stop_rule)
   finally:
     wd.close()
 

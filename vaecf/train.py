@@ -7,6 +7,7 @@ kill, and reports the test metrics (`config.eval.metrics`) of the best checkpoin
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -100,8 +101,10 @@ class _Single:
     self.key = checkpoints.best_key(self.select)
     self.labels, self.phases = [{}], model.phases
     hparams = steps.hparams_from_config(config, model)
+    # Partials, not closures: device-resident data (vaecf.device_data) scans the jitted
+    # step itself, with the hyperparameters traced.
     self.phase_steps = {
-        name: (lambda state, batch, fn=fn: fn(state, batch, hparams))
+        name: functools.partial(fn, sched=hparams)
         for name, fn in steps.make_phase_steps(model, optimizer, mesh, config.train.seed).items()}
     self.after_fns = {p.name: steps.make_after_fn(p) for p in model.phases
                       if p.after is not None}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -427,9 +426,6 @@ def check_request(config, model_names, budget, models_per_pass, rule=None) -> No
   problems = []
   if rule is not None:
     problems += halving.problems(rule.eta, rule.min_epochs)
-    if 'stop_rule' not in inspect.signature(sweep.train_sweep).parameters:
-      problems.append('--halving_eta: this vaecf\'s sweep has no stop rule hook '
-                      '(vaecf.sweep.train_sweep(stop_rule=...)); tune without it')
   if not model_names or len(set(model_names)) != len(model_names):
     problems.append(f'--models={",".join(model_names)}: name each model once')
   if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
