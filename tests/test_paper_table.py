@@ -163,7 +163,7 @@ def test_experiment_models_train_with_their_own_config_on_the_tables_data(tmp_pa
   c.data.n_heldout_users = 37
   table = paper_table.run(c, tmp_path / 'table', models=list(paper_table.EXPERIMENTS),
                           split=split, command='test')
-  assert set(seen) == set(table['models']) == {'recvae', 'hvamp', 'ract'}
+  assert set(seen) == set(table['models']) == {'recvae', 'hvamp', 'ract', 'vasp'}
   for name, got in seen.items():
     assert got.model.module == ''  # installed: nothing to import
     assert got.data.to_dict() == c.data.to_dict()  # the table's data and split
@@ -171,6 +171,7 @@ def test_experiment_models_train_with_their_own_config_on_the_tables_data(tmp_pa
     assert got.model.to_dict() == own.model.to_dict() and got.train == own.train
   md = (tmp_path / 'table' / 'table.md').read_text()
   assert '| RecVAE |' in md and '| H+Vamp (Gated) |' in md and '| RaCT |' in md
+  assert '| VASP |' in md
 
 
 @pytest.mark.slow

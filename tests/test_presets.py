@@ -14,7 +14,7 @@ from vaecf import models, presets, train
 from vaecf.config import ConfigError, base_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
-BUILT_IN = ('multvae', 'multdae', 'recvae', 'hvamp', 'ract')
+BUILT_IN = ('multvae', 'multdae', 'recvae', 'hvamp', 'ract', 'vasp')
 
 
 def config_file(name: str, dataset: str = ''):

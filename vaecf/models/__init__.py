@@ -2,9 +2,9 @@
 
 A `Model` is a bundle of pure functions; the trainer, the evaluator and the
 recommender only ever call these (vaecf/models/registry.py). Built in: Mult-VAE and
-Mult-DAE (here), RecVAE (recvae.py), H+Vamp (hvamp.py) and RaCT (ract.py). A user's
-model registers itself from its own module, named by `config.model.module`, without
-editing vaecf/ (experiments/README.md).
+Mult-DAE (here), RecVAE (recvae.py), H+Vamp (hvamp.py), RaCT (ract.py) and VASP
+(vasp.py). A user's model registers itself from its own module, named by
+`config.model.module`, without editing vaecf/ (experiments/README.md).
 
 The simplest model (Mult-VAE, Mult-DAE) trains in one phase: one shuffled pass per
 epoch, the config's Adam over all parameters. A model may instead declare its own
@@ -106,4 +106,4 @@ def _multdae(config, n_items: int) -> Model:
 
 
 # Registered after the two above: their modules use this package's helpers.
-from vaecf.models import hvamp, ract, recvae  # noqa: E402,F401
+from vaecf.models import hvamp, ract, recvae, vasp  # noqa: E402,F401

@@ -5,7 +5,7 @@
 
 Stages, each in its own folder and skipped when finished (rerun the command to resume):
   DIR/multvae-<lik>, DIR/multdae-<lik>   vaecf.train (epoch chosen on validation NDCG@100)
-  DIR/recvae, DIR/hvamp, DIR/ract        RecVAE, H+Vamp (Gated) and RaCT with the settings
+  DIR/recvae, DIR/hvamp, DIR/ract, ...   RecVAE, H+Vamp (Gated), RaCT and VASP with the settings
                                          they declare (configs/<model>.py) on this
                                          table's data and split
   DIR/<baseline>                         grid on validation users (grid.jsonl, one line
@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 TRAINED = ('multvae', 'multdae')
 # Models trained with the model and train settings they declare (vaecf.presets.compose);
 # the table's config gives the data, the split and the metrics.
-EXPERIMENTS = ('recvae', 'hvamp', 'ract')
+EXPERIMENTS = ('recvae', 'hvamp', 'ract', 'vasp')
 MODELS = ('multvae', 'multdae', *EXPERIMENTS, 'cdae', 'slim', 'wmf', 'ease', 'edlae',
           'popularity')
 LIKELIHOODS = ('multinomial', 'gaussian', 'logistic')
 LABELS = {'multvae': 'Mult-VAE^PR', 'multdae': 'Mult-DAE', 'recvae': 'RecVAE',
-          'hvamp': 'H+Vamp (Gated)', 'ract': 'RaCT', 'cdae': 'CDAE', 'slim': 'SLIM',
+          'hvamp': 'H+Vamp (Gated)', 'ract': 'RaCT', 'vasp': 'VASP', 'cdae': 'CDAE', 'slim': 'SLIM',
           'wmf': 'WMF', 'ease': 'EASE', 'edlae': 'EDLAE', 'popularity': 'Popularity'}
 PAPER_ORDER = ('multvae', 'cdae', 'multdae', 'slim', 'wmf')  # ML-20M NDCG@100, best first
 METRICS = ('recall@20', 'recall@50', 'ndcg@100')
