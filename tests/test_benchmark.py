@@ -38,7 +38,7 @@ def test_flops_count_matches_hand_count():
 def test_benchmark_runs_and_prints_json():
   proc = subprocess.run(
       [sys.executable, '-m', 'vaecf.tools.benchmark', '--shape=tiny', '--steps=3', '--batch_size=64',
-       '--eval_users=200', '--compare_dense'],
+       '--eval_users=200', '--compare_dense', '--device_data', '--steps_per_dispatch=2'],
       cwd=REPO, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -59,6 +59,12 @@ def test_benchmark_runs_and_prints_json():
   assert isinstance(out['xla_flags'], str) and isinstance(out['vaecf_xla_flags'], list)
   assert isinstance(out['malloc'], dict)  # what the entry point set, or {} where not glibc
   assert 'NumPy' in proc.stdout and 'Adam update' in proc.stdout
+  # Host-fed and device-resident passes, same steps on the same batches: the same loss.
+  for key in ('host_fed_users_per_s', 'device_data_users_per_s', 'device_over_host_fed_speed',
+              'device_data_mb', 'device_data_nnz_per_shard'):
+    assert np.isfinite(out[key]) and out[key] > 0, key
+  assert out['host_fed_loss'] == out['device_data_loss'] and out['fed_pass_users'] == 4 * 64
+  assert 'device-resident' in proc.stdout
 
 
 def test_xla_flags_append_respect_user_and_opt_out(monkeypatch):
@@ -153,15 +159,18 @@ def test_multi_step_equals_single_steps():
 
 def test_gpu_bench_quick_mode_prints_a_json_line_per_variant():
   """The prepared accelerator run, in its CPU-sized mode: float32, bfloat16 with two steps
-  a dispatch, and a 2-model sweep. No timing is asserted, only that the figures exist and
-  that bf16's loss is float32's within a loose tolerance."""
+  a dispatch, a 2-model sweep, and a training pass host-fed and device-resident. No timing
+  is asserted, only that the figures exist and that bf16's loss is float32's within a
+  loose tolerance."""
   proc = subprocess.run(
       [sys.executable, '-m', 'vaecf.tools.gpu_bench', '--quick',
-       '--variants=float32:64,bfloat16:64:k2,float32:64:m2'],
+       '--variants=float32:64,bfloat16:64:k2,float32:64:m2,bfloat16:64:k4:fed'],
       cwd=REPO, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{')]
-  assert [r['variant'] for r in rows] == ['float32:64', 'bfloat16:64:k2', 'float32:64:m2']
+  assert [r['variant'] for r in rows] == ['float32:64', 'bfloat16:64:k2', 'float32:64:m2',
+                                          'bfloat16:64:k4:fed']
+  rows, fed = rows[:3], rows[3]
   for r in rows:
     for key in ('users_per_s', 'step_s', 'compile_s', 'loss_first', 'loss', 'achieved_gflops',
                 'staged_mb'):
@@ -173,7 +182,16 @@ def test_gpu_bench_quick_mode_prints_a_json_line_per_variant():
   assert abs(bf16['loss_first'] - f32['loss_first']) < 0.02 * abs(f32['loss_first'])
   # The sweep's models start from the single run's state on its batch: the same loss.
   assert sweep['models'] == 2 and np.isclose(sweep['loss_first'], f32['loss_first'], rtol=1e-5)
+  # A whole pass of the tiny matrix each way: the same batches, so the same loss.
+  for key in ('host_fed_users_per_s', 'device_data_users_per_s', 'device_over_host_fed_speed'):
+    assert np.isfinite(fed[key]) and fed[key] > 0, key
+  assert np.isclose(fed['device_over_host_fed_speed'],
+                    fed['device_data_users_per_s'] / fed['host_fed_users_per_s'])
+  assert fed['fed_pass_users'] == 2000 and fed['device_steps_per_dispatch'] == 4
+  assert fed['compute_dtype'] == 'bfloat16' and fed['platform'] == 'cpu'
+  assert np.isclose(fed['host_fed_loss'], fed['device_data_loss'], rtol=1e-5)
   assert 'users/s' in proc.stdout and 'vs f32' in proc.stdout  # the summary table
+  assert 'bfloat16:64:k4:fed device' in proc.stdout and 'x host-fed' in proc.stdout
 
 
 def test_gpu_bench_reports_out_of_memory_and_the_budget_and_goes_on(monkeypatch):
@@ -183,14 +201,29 @@ def test_gpu_bench_reports_out_of_memory_and_the_budget_and_goes_on(monkeypatch)
   def fake(v, x, mesh, n_steps, measure_s, model):
     if v['batch_size'] == 8192:
       raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB')
+    if v['fed']:
+      speed = 300.0 if v['dtype'] == 'bfloat16' else 200.0
+      return {**v, **{f'{n}_{k}': val for n in ('host_fed', 'device_data') for k, val in (
+                  ('first_pass_s', 9.0), ('step_s', 0.02), ('loss', 2.0))},
+              'host_fed_users_per_s': 100.0, 'device_data_users_per_s': speed,
+              'device_over_host_fed_speed': speed / 100.0,
+              'device_steps_per_dispatch': v['steps_per_call']}
     return {**v, 'users_per_s': 100.0, 'step_s': 0.01, 'compile_s': 1.0, 'loss_first': 1.0}
   monkeypatch.setattr(gpu_bench, 'run_variant', fake)
   out = io.StringIO()
-  rows = gpu_bench.main(['float32:500', 'bfloat16:8192', 'bfloat16:500:k4'], 'tiny', 2,
-                        600.0, 1.0, out=out)
+  rows = gpu_bench.main(['float32:500', 'bfloat16:8192', 'bfloat16:500:k4', 'float32:500:fed',
+                         'bfloat16:500:fed'], 'tiny', 2, 600.0, 1.0, out=out)
   assert [('error' in r, r.get('oom')) for r in rows] == [(False, None), (True, True),
+                                                          (False, None), (False, None),
                                                           (False, None)]
   assert 'OUT OF MEMORY' in out.getvalue() and '1.00x' in out.getvalue()
+  # A fed variant is two rows; its default K is the trainer's steps a dispatch.
+  table = out.getvalue().split('note')[-1]
+  assert rows[3]['steps_per_call'] == base_config().train.steps_per_dispatch
+  assert 'float32:500:fed host' in table and '2.00x host-fed' in table
+  assert '3.00x host-fed' in table and '1.50x' in table  # bf16's device row vs f32's
+  with pytest.raises(ValueError, match='one model'):
+    gpu_bench.parse_variant('float32:500:m6:fed')
   rows = gpu_bench.main(['float32:500'], 'tiny', 2, 0.0, 1.0, out=io.StringIO())
   assert 'time budget' in rows[0]['skipped']
 

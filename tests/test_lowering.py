@@ -11,11 +11,16 @@ from vaecf.tools import lowering
 
 EXPECTED = {
     'train.multvae', 'train.multdae', 'train.recvae.encoder', 'train.recvae.decoder',
-    'train.hvamp', 'sweep_step.multvae', 'evaluate.batch_metrics',
-    *(f'score.{m}' for m in ('multvae', 'multdae', 'recvae', 'hvamp')),
-    *(f'export.{m}' for m in ('multvae', 'multdae', 'recvae', 'hvamp')),
+    'train.hvamp', 'train.ract', 'train.vasp', 'sweep_step.multvae', 'sweep_step.recvae.encoder',
+    'sweep_step.recvae.decoder', 'after.recvae.encoder', 'sweep_after.recvae.encoder',
+    'sweep_take.multvae', 'sweep_put.multvae', 'sweep_keep_best.multvae',
+    'device_block.multvae', 'sweep_score.multvae', 'baseline.ease', 'baseline.edlae',
+    'baseline.dense_scores',
+    'evaluate.batch_metrics', 'evaluate.models_metrics', 'recommend.select',
+    *(f'score.{m}' for m in lowering.MODELS),
+    *(f'export.{m}' for m in lowering.MODELS),
 }
-TRAIN_STEPS = {n for n in EXPECTED if n.startswith(('train.', 'sweep_step.'))}
+TRAIN_STEPS = {n for n in EXPECTED if n.startswith(('train.', 'sweep_step.', 'device_block.'))}
 
 
 @pytest.fixture(scope='module')
@@ -34,7 +39,8 @@ def test_every_function_lowers_for_cuda_and_tpu(rows):
   assert lowering.all_lowered(rows)
   table = lowering.report(rows)
   assert len(table.splitlines()) == len(rows) + 2
-  assert '30/30 lowered on a mesh of 4 device(s)' in table
+  n = 2 * len(EXPECTED)
+  assert f'{n}/{n} lowered on a mesh of 4 device(s)' in table
 
 
 def test_train_steps_all_reduce_over_4_devices_and_nothing_else(rows):
@@ -82,4 +88,5 @@ def test_benchmark_lower_flag_prints_the_table_and_exits_0():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'train.recvae.encoder' in proc.stdout
-  assert '30/30 lowered' in proc.stdout
+  n = 2 * len(EXPECTED)
+  assert f'{n}/{n} lowered' in proc.stdout

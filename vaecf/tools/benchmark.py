@@ -3,6 +3,7 @@
   vaecf-benchmark --shape=ml20m [--model=multvae] [--batch_size=500]
       [--dtype=float32|bfloat16|tf32|float32_highest] [--steps_per_call=K]
       [--sweep_models=M] [--devices=N] [--steps=30] [--compare_dense] [--compare_torch]
+      [--device_data [--steps_per_dispatch=16]]
   vaecf-benchmark --lower=cuda,tpu   (lowers every jitted function; vaecf.tools.lowering)
 
 The click matrix has the training shape and density of the chosen paper dataset
@@ -11,6 +12,8 @@ sparse in seconds. It writes no file: the last line printed is one JSON object w
 every figure. Timed
 batches are staged on the device first (vaecf.tools.gpu, which also runs K steps a dispatch
 and the M-model sweep); vaecf.tools.gpu_bench runs the grid of figures an accelerator needs.
+--device_data also times whole passes as training runs them, fed by the host pipeline and
+from device-resident data (vaecf.device_data), with one order and padding.
 
 It is longer than 300 lines because every figure (the step, each of its products, the
 machine's best GEMM by XLA and by NumPy, Adam, the input pipeline, the evaluator) is
@@ -34,7 +37,8 @@ import optax
 import scipy.sparse as sp
 from absl import app, flags
 
-from vaecf import distributed, evaluate, input_pipeline, models, optim, process, steps
+from vaecf import (device_data, distributed, evaluate, input_pipeline, loop, models, optim,
+                   process, steps)
 from vaecf.config import base_config
 from vaecf.data.split import sorted_unique
 from vaecf.models import nn
@@ -257,6 +261,39 @@ def time_input_pipeline(x: sp.csr_matrix, batch_size: int, mesh, n_batches: int)
   return (time.perf_counter() - t) / max(n, 1)
 
 
+def time_fed_training(config, x: sp.csr_matrix, mesh, steps_per_dispatch: int) -> dict:
+  """Users/s of a training pass over x through vaecf.loop.run_pass, fed by the host
+  pipeline (batches built and put on the device by a prefetch thread) and from
+  device-resident data (steps_per_dispatch steps a dispatch), in one order (the device's)
+  and with one nonzero count per shard, so both run the same steps on the same batches.
+  Each is timed on its second pass (the first compiles)."""
+  b, seed = config.train.batch_size, 0
+  step, state, sched = gpu.build_step(config, x.shape[1], mesh)
+  step = functools.partial(step, sched=sched)  # as the trainers pass it
+  copy = jax.jit(lambda s: jax.tree.map(jnp.copy, s))
+  t = time.perf_counter()
+  feed = device_data.DeviceData(x, mesh, b, seed, [(1, 0), (2, 0)], steps_per_dispatch)
+  setup_s = time.perf_counter() - t
+  out = {'device_steps_per_dispatch': steps_per_dispatch, 'device_data_setup_s': setup_s,
+         'device_data_mb': feed.bytes / 2 ** 20, 'device_data_nnz_per_shard': feed.nnz,
+         'fed_pass_users': x.shape[0]}
+  for name, kw in (('host_fed', lambda e: {'order': device_data.epoch_order(
+      x.shape[0], seed, e), 'nnz': feed.nnz}), ('device_data', lambda e: {'feed': feed})):
+    s, seconds = copy(state), []
+    for epoch in (1, 2):
+      t = time.perf_counter()
+      s, history = loop.run_pass(step, s, x, b, seed, epoch, mesh, **kw(epoch))
+      jax.block_until_ready(history)
+      seconds.append(time.perf_counter() - t)
+    out[f'{name}_first_pass_s'] = seconds[0]  # with its compiles
+    out[f'{name}_users_per_s'] = x.shape[0] / seconds[1]
+    out[f'{name}_loss'] = float(np.mean(np.concatenate([np.atleast_1d(jax.device_get(
+        h.metrics['loss'] if isinstance(h, device_data.Scanned) else h['loss']))
+        for h in history])))  # the second pass's mean
+  out['device_over_host_fed_speed'] = out['device_data_users_per_s'] / out['host_fed_users_per_s']
+  return out
+
+
 def time_eval(config, x: sp.csr_matrix, mesh) -> float:
   """Evaluation users/s: scoring, fold-in masking, top-100 and the metrics."""
   model = models.build(config, x.shape[1])
@@ -277,14 +314,17 @@ def time_eval(config, x: sp.csr_matrix, mesh) -> float:
 def run(shape: str, model: str = 'multvae', batch_size: int = 500, dtype: str = 'float32',
         devices: int = 0, n_steps: int = 30, eval_users: int = 4000,
         compare_dense: bool = False, steps_per_call: int = 1, sweep_models: int = 0,
-        log=print, compare_torch: bool = False) -> dict:
+        log=print, compare_torch: bool = False, device_data: bool = False,
+        steps_per_dispatch: int | None = None) -> dict:
   with gpu.matmul_precision(dtype):  # read when each step is traced
     return _run(shape, model, batch_size, dtype, devices, n_steps, eval_users,
-                compare_dense, steps_per_call, sweep_models, log, compare_torch)
+                compare_dense, steps_per_call, sweep_models, log, compare_torch,
+                device_data, steps_per_dispatch)
 
 
 def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_dense,
-         steps_per_call, sweep_models, log, compare_torch=False) -> dict:
+         steps_per_call, sweep_models, log, compare_torch=False, fed=False,
+         steps_per_dispatch=None) -> dict:
   n_users, n_items, mean_len = SHAPES[shape]
   t = time.perf_counter()
   x = synthetic_clicks(n_users, n_items, mean_len)
@@ -346,6 +386,11 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
     out.update({'sweep_models': sweep_models, 'sweep_users_per_s': sw['users_per_s'],
                 'sweep_step_s': sw['step_s'], 'sweep_compile_s': sw['compile_s'],
                 'sweep_over_single_speed': sw['users_per_s'] / tr['users_per_s']})
+  if fed:
+    spd = steps_per_dispatch or config.train.steps_per_dispatch
+    # Whole blocks, at least two of them, of the timed steps' users.
+    n_fed = max(n_steps, 2 * spd) * batch_size
+    out.update(time_fed_training(config, gpu.sample_users(x, n_fed), mesh, spd))
   out['eval_users_per_s'] = time_eval(config, x[:eval_users], mesh)
   out['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
   log(f"train {out['train_users_per_s']:,.0f} users/s ({out['step_s'] * 1e3:.0f} ms/step, "
@@ -376,6 +421,13 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
   if compare_dense:
     log(f"dense-input step {out['dense_input_users_per_s']:,.0f} users/s: sparse is "
         f"{out['sparse_over_dense_speed']:.2f}x faster")
+  if fed:
+    log(f"training passes of {out['fed_pass_users']:,} users: host-fed "
+        f"{out['host_fed_users_per_s']:,.0f} users/s, device-resident "
+        f"{out['device_data_users_per_s']:,.0f} users/s ({out['device_steps_per_dispatch']} "
+        f"steps a dispatch, {out['device_data_nnz_per_shard']} nonzeros a shard, "
+        f"{out['device_data_mb']:.1f} MiB on each device): "
+        f"{out['device_over_host_fed_speed']:.2f}x")
   log(f"eval {out['eval_users_per_s']:,.0f} users/s; peak RSS {out['peak_rss_gb']:.2f} GB")
   return out
 
@@ -394,6 +446,10 @@ def _define_flags():
   flags.DEFINE_bool('compare_dense', False, 'Also time the same step with a dense input layer.')
   flags.DEFINE_bool('compare_torch', False, 'Also time a plain PyTorch Mult-VAE step on the '
                     'same users (vaecf.tools.torch_reference; needs torch installed).')
+  flags.DEFINE_bool('device_data', False, 'Also time training passes fed by the host '
+                    'pipeline and from device-resident data (vaecf.device_data).')
+  flags.DEFINE_integer('steps_per_dispatch', None, 'With --device_data: steps a dispatch '
+                       '(default: train.steps_per_dispatch).')
   flags.DEFINE_list('lower', [], 'Instead of timing: lower every jitted function for these '
                     'platforms (e.g. cuda,tpu) with jax.export and print a table '
                     '(vaecf.tools.lowering); exit 1 unless all lower.')
@@ -417,7 +473,8 @@ def main(argv):
     print(lowering.report(rows))
     return 0 if lowering.all_lowered(rows) else 1
   out = run(f.shape, f.model, f.batch_size, f.dtype, f.devices, f.steps, f.eval_users,
-            f.compare_dense, f.steps_per_call, f.sweep_models, compare_torch=f.compare_torch)
+            f.compare_dense, f.steps_per_call, f.sweep_models, compare_torch=f.compare_torch,
+            device_data=f.device_data, steps_per_dispatch=f.steps_per_dispatch)
   print(json.dumps(out))
 
 

@@ -1,16 +1,25 @@
 """The accelerator figures in one prepared run: users/s of the real train step at a paper
-shape, per batch size and precision, with several steps per dispatch, and a 6-model sweep.
+shape, per batch size and precision, with several steps per dispatch, and a 6-model sweep;
+and of whole training passes, fed by the host pipeline and from device-resident data.
 
   python -m vaecf.tools.gpu_bench          # ML-20M shape, the default grid; < 5 min on an H200
   python -m vaecf.tools.gpu_bench --quick  # tiny shape, two steps a variant: a CPU check
 
-A variant is `dtype:batch[:kK][:mM]`: a `--dtype` of vaecf.tools.gpu.DTYPES, the batch
-size, K steps per dispatch (lax.scan) and M models (the vmapped beta sweep, users counted
-x models). Each prints one JSON line as it ends; one that fails (out of device memory at
-a large batch, say) prints its error and the run goes on. A table ends the run. Batches
-are staged on the device before timing, so these are the device's figures, without the
-input pipeline or the CPU-only GEMM references of vaecf.tools.benchmark. A time budget
+A variant is `dtype:batch[:kK][:mM][:fed]`: a `--dtype` of vaecf.tools.gpu.DTYPES, the
+batch size, K steps per dispatch (lax.scan) and M models (the vmapped beta sweep, users
+counted x models). Each prints one JSON line as it ends; one that fails (out of device
+memory at a large batch, say) prints its error and the run goes on. A table ends the run.
+Batches are staged on the device before timing, so these are the device's figures, without
+the input pipeline or the CPU-only GEMM references of vaecf.tools.benchmark. A time budget
 skips the variants left once it is spent; a watchdog ends the process shortly after.
+
+`:fed` times whole training passes over the matrix instead, as a run trains
+(vaecf.tools.benchmark.time_fed_training): fed by the host pipeline, which builds and puts
+every batch, and from device-resident data (vaecf.device_data), K steps a dispatch
+(default train.steps_per_dispatch), in one order and padding. Its line has both users/s
+(the second pass's; the first compiles) and device_over_host_fed_speed; M must be 1. In
+the table it is two rows, host and device, with the first pass's seconds as compile s and
+the timed pass's mean loss as loss@1.
 """
 from __future__ import annotations
 
@@ -29,40 +38,76 @@ _T0 = time.perf_counter()
 # and tf32 (explicit) should match float32.
 DEFAULT_VARIANTS = (
     'float32:500', 'bfloat16:500', 'float32:500:k4', 'bfloat16:500:k4', 'float32:500:m6',
-    'bfloat16:500:m6', 'float32:2048', 'bfloat16:2048', 'float32:8192', 'bfloat16:8192',
-    'float32_highest:500', 'float32_highest:2048', 'float32_highest:8192', 'tf32:500',
-    'tf32:8192')
-QUICK_VARIANTS = ('float32:64', 'bfloat16:64', 'float32:64:k2', 'float32:64:m2')
+    'bfloat16:500:m6', 'float32:2048', 'bfloat16:2048', 'float32:2048:fed',
+    'bfloat16:2048:fed', 'float32:8192', 'bfloat16:8192', 'float32:500:fed',
+    'bfloat16:500:fed', 'float32_highest:500', 'float32_highest:2048',
+    'float32_highest:8192', 'tf32:500', 'tf32:8192')
+QUICK_VARIANTS = ('float32:64', 'bfloat16:64', 'float32:64:k2', 'float32:64:m2',
+                  'float32:64:fed', 'bfloat16:64:k4:fed')
 
 
 def parse_variant(spec: str) -> dict:
+  from vaecf.config import base_config
   from vaecf.tools import gpu
   parts = spec.strip().split(':')
   if len(parts) < 2 or parts[0] not in gpu.DTYPES:
-    raise ValueError(f'variant {spec!r}: use dtype:batch[:kK][:mM], dtype one of '
+    raise ValueError(f'variant {spec!r}: use dtype:batch[:kK][:mM][:fed], dtype one of '
                      f'{sorted(gpu.DTYPES)}')
   out = {'variant': spec.strip(), 'dtype': parts[0], 'batch_size': int(parts[1]),
-         'steps_per_call': 1, 'models': 1}
+         'steps_per_call': None, 'models': 1, 'fed': False}
   for p in parts[2:]:
-    if p[:1] == 'k':
+    if p == 'fed':
+      out['fed'] = True
+    elif p[:1] == 'k':
       out['steps_per_call'] = int(p[1:])
     elif p[:1] == 'm':
       out['models'] = int(p[1:])
     else:
-      raise ValueError(f'variant {spec!r}: unknown part {p!r} (kK or mM)')
+      raise ValueError(f'variant {spec!r}: unknown part {p!r} (kK, mM or fed)')
+  if out['fed'] and out['models'] > 1:
+    raise ValueError(f'variant {spec!r}: a fed pass trains one model')
+  if out['steps_per_call'] is None:
+    out['steps_per_call'] = base_config().train.steps_per_dispatch if out['fed'] else 1
   return out
+
+
+def _config(v: dict, model: str):
+  from vaecf.config import base_config
+  from vaecf.tools import gpu
+  config = base_config()
+  config.model.name = model
+  config.model.compute_dtype = gpu.DTYPES[v['dtype']].compute_dtype
+  config.train.batch_size = v['batch_size']
+  return config
+
+
+def _device() -> dict:
+  import jax
+  from vaecf.tools import gpu
+  d = jax.devices()[0]
+  return {'platform': d.platform, 'device_kind': d.device_kind, **gpu.device_memory()}
+
+
+def run_fed(v: dict, x, mesh, model: str = 'multvae') -> dict:
+  """A `:fed` variant: users/s of a whole pass over x, host-fed and device-resident."""
+  from vaecf.tools import benchmark, gpu
+  config = _config(v, model)
+  with gpu.matmul_precision(v['dtype']):
+    fed = benchmark.time_fed_training(config, x, mesh, v['steps_per_call'])
+  b = v['batch_size']
+  return {**v, 'compute_dtype': config.model.compute_dtype,
+          'matmul_precision': gpu.DTYPES[v['dtype']].matmul or 'default', **fed,
+          'host_fed_step_s': b / fed['host_fed_users_per_s'],
+          'device_data_step_s': b / fed['device_data_users_per_s'], **_device()}
 
 
 def run_variant(v: dict, x, mesh, n_steps: int, measure_s: float, model: str = 'multvae'
                 ) -> dict:
   """One variant's figures (the training step's, as vaecf.tools.benchmark times it)."""
-  import jax
-  from vaecf.config import base_config
   from vaecf.tools import benchmark, gpu
-  config = base_config()
-  config.model.name = model
-  config.model.compute_dtype = gpu.DTYPES[v['dtype']].compute_dtype
-  config.train.batch_size = v['batch_size']
+  if v['fed']:
+    return run_fed(v, x, mesh, model)
+  config = _config(v, model)
   k, m = v['steps_per_call'], v['models']
   sample = gpu.sample_users(x, gpu.users_needed(n_steps, k, v['batch_size']))
   with gpu.matmul_precision(v['dtype']):
@@ -74,30 +119,50 @@ def run_variant(v: dict, x, mesh, n_steps: int, measure_s: float, model: str = '
   return {**v, 'compute_dtype': config.model.compute_dtype,
           'matmul_precision': gpu.DTYPES[v['dtype']].matmul or 'default', **tr,
           'achieved_gflops': tr['users_per_s'] * fl['sparse'] / 1e9,
-          'epoch_s': tr['step_s'] * x.shape[0] / v['batch_size'],
-          'platform': jax.devices()[0].platform, 'device_kind': jax.devices()[0].device_kind,
-          **gpu.device_memory()}
+          'epoch_s': tr['step_s'] * x.shape[0] / v['batch_size'], **_device()}
+
+
+def _fed_lines(r: dict, base: dict) -> list[str]:
+  """A fed variant's two rows, host-fed and device-resident: 'vs f32' against `base`
+  (the same feed's users/s in float32 at this batch and K), the first pass's seconds
+  (with its compiles) in the compile column, the timed pass's mean loss in the loss's."""
+  out = []
+  device = (f"device-resident pass, {r['device_steps_per_dispatch']} steps a dispatch: "
+            f"{r['device_over_host_fed_speed']:.2f}x host-fed")
+  for name, note in (('host_fed', 'host-fed pass'), ('device_data', device)):
+    rel = f"{r[f'{name}_users_per_s'] / base[name]:.2f}x" if name in base else ''
+    label = f"{r['variant']} {'host' if name == 'host_fed' else 'device'}"
+    out.append(f"{label:<26} {r[f'{name}_users_per_s']:>12,.0f} "
+               f"{r[f'{name}_step_s'] * 1e3:>9.2f} {r[f'{name}_first_pass_s']:>9.1f} "
+               f"{r[f'{name}_loss']:>9.3f} {rel:>7}  {note}")
+  return out
 
 
 def table(rows: list[dict]) -> str:
-  """Users/s per variant, and relative to float32 at the same batch (one model, K=1)."""
-  base = {}
+  """Users/s per variant, and relative to float32 at the same batch (one model, K=1;
+  a fed variant's rows relative to the float32 fed rows of its batch and K)."""
+  base, fed_base = {}, {}
   for r in rows:
     if ('users_per_s' in r and r['dtype'] == 'float32' and r['steps_per_call'] == 1
         and r['models'] == 1):
       base.setdefault(r['batch_size'], r['users_per_s'])
-  lines = [f"{'variant':<20} {'users/s':>12} {'ms/step':>9} {'compile s':>9} "
+    if 'device_over_host_fed_speed' in r and r['dtype'] == 'float32':
+      fed_base.setdefault((r['batch_size'], r['steps_per_call']),
+                          {n: r[f'{n}_users_per_s'] for n in ('host_fed', 'device_data')})
+  lines = [f"{'variant':<26} {'users/s':>12} {'ms/step':>9} {'compile s':>9} "
            f"{'loss@1':>9} {'vs f32':>7}  note"]
   for r in rows:
-    if 'users_per_s' in r:
+    if 'device_over_host_fed_speed' in r:
+      lines += _fed_lines(r, fed_base.get((r['batch_size'], r['steps_per_call']), {}))
+    elif 'users_per_s' in r:
       rel = r['users_per_s'] / base[r['batch_size']] if r['batch_size'] in base else None
-      lines.append(f"{r['variant']:<20} {r['users_per_s']:>12,.0f} {r['step_s'] * 1e3:>9.2f} "
+      lines.append(f"{r['variant']:<26} {r['users_per_s']:>12,.0f} {r['step_s'] * 1e3:>9.2f} "
                    f"{r['compile_s']:>9.1f} {r['loss_first']:>9.3f} "
                    f"{'' if rel is None else f'{rel:.2f}x':>7}"
                    + (f"  users x {r['models']} models" if r['models'] > 1 else ''))
     else:
       note = 'OUT OF MEMORY' if r.get('oom') else r.get('skipped') or r.get('error', '')
-      lines.append(f"{r['variant']:<20} {'-':>12} {'-':>9} {'-':>9} {'-':>9} {'-':>7}  "
+      lines.append(f"{r['variant']:<26} {'-':>12} {'-':>9} {'-':>9} {'-':>9} {'-':>7}  "
                    f"{note[:80]}")
   return '\n'.join(lines)
 
@@ -160,9 +225,10 @@ def main(variants, shape: str, n_steps: int, budget_s: float, measure_s: float,
 def _define_flags():
   from absl import flags
   from vaecf.tools import benchmark
-  flags.DEFINE_bool('quick', False, 'Tiny shape, 2 steps, 4 variants: a check on a CPU.')
+  flags.DEFINE_bool('quick', False, 'Tiny shape, 2 steps, 6 variants: a check on a CPU.')
   flags.DEFINE_enum('shape', None, list(benchmark.SHAPES), 'Paper shape (default ml20m).')
-  flags.DEFINE_list('variants', None, 'dtype:batch[:kK][:mM], ... (default: the grid).')
+  flags.DEFINE_list('variants', None, 'dtype:batch[:kK][:mM][:fed], ... (default: the '
+                    'grid).')
   flags.DEFINE_integer('steps', None, 'Timed steps per variant (default 30; quick 2).')
   flags.DEFINE_float('budget_s', 240.0, 'Start no variant after this many seconds.')
   flags.DEFINE_float('measure_s', 5.0, "A variant's timed loop stops after this.")

@@ -25,14 +25,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
-from vaecf import distributed, evaluate, models, presets, steps, sweep
+from vaecf import device_data, distributed, evaluate, models, presets, steps, sweep
 from vaecf.sparse import SparseRows
 
 PLATFORMS = ('cuda', 'tpu')
 # What jax.export knows; it lowers a misspelt name without complaint, so it is checked here.
 KNOWN_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
-MODELS = ('multvae', 'multdae', 'recvae', 'hvamp')
+MODELS = ('multvae', 'multdae', 'recvae', 'hvamp', 'ract', 'vasp')
 COLLECTIVES = ('all_reduce', 'all_gather', 'reduce_scatter', 'collective_permute',
                'all_to_all')
 # Custom-call targets that only XLA:CPU provides (LAPACK, DUCC FFTs, host callbacks).
@@ -48,6 +49,8 @@ TINY_MODEL = {
     'multdae': {'hidden_dims': (), 'latent_dim': 8},
     'recvae': {'hidden_dims': (8, 8), 'latent_dim': 4},
     'hvamp': {'hidden_dims': (8, 8), 'latent_dim': 4, 'z2_dim': 4, 'n_pseudo_inputs': 3},
+    'ract': {'hidden_dims': (8,), 'latent_dim': 4, 'critic_dims': (4, 4, 2)},
+    'vasp': {'hidden_dims': (8, 8), 'latent_dim': 4, 'decoder_layers': 1},
 }
 
 
@@ -98,7 +101,8 @@ def _train_steps(name: str, mesh) -> dict[str, Callable[[str], str]]:
   return {k: _exporter(f, state, batch, hp) for k, f in fns.items()}
 
 
-def _sweep_step(name: str, mesh, platform_mpp: dict) -> Callable[[str], str]:
+def _sweep_steps(name: str, mesh, platform_mpp: dict) -> dict[str, Callable[[str], str]]:
+  """The vmapped sweep step of each of the model's phases."""
   c = tiny_config(name)
   model = models.build(c, N_ITEMS)
   opt = steps.make_optimizer(c)
@@ -109,12 +113,114 @@ def _sweep_step(name: str, mesh, platform_mpp: dict) -> Callable[[str], str]:
       lambda v: jnp.stack([v] * SWEEP_MODELS), steps.hparams_from_config(c, model))), rep)
   batch = abstract_batch(mesh)
 
-  def lower(platform):
+  def lower(phase, platform):
     # As a sweep on that platform runs it: models_per_pass picked by backend.
     mpp = platform_mpp.setdefault(platform, sweep.resolve_models_per_pass(None, platform))
-    fn = sweep.make_sweep_step(model, opt, mesh, seed=0, models_per_pass=mpp)
+    fn = sweep.make_sweep_steps(model, opt, mesh, seed=0, models_per_pass=mpp)[phase]
     return _exporter(fn, states, batch, hp)(platform)
-  return lower
+  if len(model.phases) == 1:
+    return {f'sweep_step.{name}': lambda platform: lower(model.phases[0].name, platform)}
+  return {f'sweep_step.{name}.{p.name}': (lambda platform, p=p.name: lower(p, platform))
+          for p in model.phases}
+
+
+def _after_fns(name: str, mesh) -> dict[str, Callable[[str], str]]:
+  """Each phase's `after` hook (RecVAE's prior refresh), for one run and for a sweep."""
+  c = tiny_config(name)
+  model = models.build(c, N_ITEMS)
+  opt = steps.make_optimizer(c)
+  rep = distributed.replicated(mesh)
+  init = lambda: steps.init_state(model, opt, jax.random.key(0))
+  state = _spec(jax.eval_shape(init), rep)
+  states = _spec(jax.eval_shape(lambda: sweep.stack_states(init(), SWEEP_MODELS)), rep)
+  fns = {}
+  for p in model.phases:
+    if p.after is not None:
+      fns[f'after.{name}.{p.name}'] = _exporter(steps.make_after_fn(p), state)
+  for p, f in sweep.make_sweep_after_fns(model).items():
+    fns[f'sweep_after.{name}.{p}'] = _exporter(f, states)
+  return fns
+
+
+def _sweep_bookkeeping(name: str, mesh) -> dict[str, Callable[[str], str]]:
+  """The sweep's per-model state moves: take the active models' state, put it back, and
+  keep each model's best parameters (vaecf.sweep's jitted helpers)."""
+  c = tiny_config(name)
+  model = models.build(c, N_ITEMS)
+  opt = steps.make_optimizer(c)
+  rep = distributed.replicated(mesh)
+  states = _spec(sweep._per_model(jax.eval_shape(lambda: sweep.stack_states(
+      steps.init_state(model, opt, jax.random.key(0)), SWEEP_MODELS))), rep)
+  active = SWEEP_MODELS - 1  # a model stopped: the take/put path
+  idx = jax.ShapeDtypeStruct((active,), jnp.int32)
+  part = jax.eval_shape(sweep._take, states, idx)
+  params = states['params']
+  improved = jax.ShapeDtypeStruct((SWEEP_MODELS,), jnp.bool_)
+  return {f'sweep_take.{name}': _exporter(sweep._take, states, idx),
+          f'sweep_put.{name}': _exporter(sweep._put, states, idx, _spec(part, rep)),
+          f'sweep_keep_best.{name}': _exporter(sweep._keep_best, params, params, improved)}
+
+
+def _models_metrics(mesh) -> Callable[[str], str]:
+  """The sweep's evaluator: the metrics vmapped over M models' scores."""
+  b = mesh.devices.size * USERS_PER_SHARD
+  fn = evaluate._models_metrics(evaluate.parse_metrics(evaluate.DEFAULT_METRICS))
+  scores = jax.ShapeDtypeStruct((SWEEP_MODELS, b, N_ITEMS), jnp.float32)
+  pad = lambda dt: jax.ShapeDtypeStruct((b, 8), dt)
+  return _exporter(fn, scores, pad(jnp.int32), pad(jnp.float32), pad(jnp.int32),
+                   pad(jnp.float32))
+
+
+def _recommender_select() -> Callable[[str], str]:
+  """The recommender's top-k after the fallback and the seen-item mask."""
+  from vaecf.serving import recommender
+  b, k = 2 * USERS_PER_SHARD, 5
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  fn = jax.jit(lambda *a: recommender._select(*a, k=k))
+  return _exporter(fn, f32(b, N_ITEMS), jax.ShapeDtypeStruct((b,), jnp.bool_), f32(N_ITEMS),
+                   jax.ShapeDtypeStruct((b, 8), jnp.int32), f32(b, 8))
+
+
+def _sweep_score_fn(name: str, mesh) -> Callable[[str], str]:
+  c = tiny_config(name)
+  model = models.build(c, N_ITEMS)
+  params = _spec(jax.eval_shape(lambda: sweep.stack_states(
+      {'step': 0, 'params': model.init(jax.random.key(0))}, SWEEP_MODELS)['params']),
+      distributed.replicated(mesh))
+  return _exporter(sweep.make_sweep_score_fn(model, mesh), params, abstract_batch(mesh))
+
+
+def _device_block(name: str, mesh) -> Callable[[str], str]:
+  """A block of train steps on device-resident data (vaecf.device_data): the batches
+  gathered on the device from its CSR and the pass's order, scanned."""
+  c = tiny_config(name)
+  model = models.build(c, N_ITEMS)
+  opt = steps.make_optimizer(c)
+  rep = distributed.replicated(mesh)
+  state = _spec(jax.eval_shape(lambda: steps.init_state(model, opt, jax.random.key(0))), rep)
+  hp = _spec(jax.eval_shape(lambda: steps.hparams_from_config(c, model)), rep)
+  batch_size = mesh.devices.size * USERS_PER_SHARD
+  rng = np.random.default_rng(0)  # a tiny CSR: its largest batch fixes the gather's shape
+  train = sp.random(4 * batch_size, N_ITEMS, density=0.3, format='csr', random_state=rng,
+                    data_rvs=np.ones, dtype=np.float32)
+  k = 2
+  feed = device_data.DeviceData(train, mesh, batch_size, 0, [(1, 0)], steps_per_dispatch=k)
+  block = feed._block(steps.make_train_step(model, opt, mesh, seed=0), k)
+  users = _spec(feed.users(0, 1, 0), rep)
+  return _exporter(block, state, users, _spec(feed.csr, rep),
+                   jax.ShapeDtypeStruct((), jnp.int32), (), {'sched': hp})
+
+
+def _closed_forms() -> dict[str, Callable[[str], str]]:
+  """EASE's and EDLAE's weights from the Gram matrix (a Cholesky: cuSOLVER on a GPU,
+  LAPACK on a CPU) and the dense scorer they share."""
+  from vaecf.baselines import ease, edlae
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  gram = f32(N_ITEMS, N_ITEMS)
+  return {'baseline.ease': _exporter(ease.ease_weights, gram, f32()),
+          'baseline.edlae': _exporter(edlae.primal_weights, gram, f32(N_ITEMS)),
+          'baseline.dense_scores': _exporter(ease.dense_scores, f32(USERS_PER_SHARD, N_ITEMS),
+                                             gram)}
 
 
 def _batch_metrics(mesh) -> Callable[[str], str]:
@@ -161,12 +267,20 @@ def functions(mesh) -> dict[str, Callable[[str], str]]:
   fns: dict[str, Callable[[str], str]] = {}
   for name in MODELS:
     fns.update(_train_steps(name, mesh))
-  fns['sweep_step.multvae'] = _sweep_step('multvae', mesh, {})
+  for name in ('multvae', 'recvae'):
+    fns.update(_sweep_steps(name, mesh, {}))
+  fns.update(_after_fns('recvae', mesh))
+  fns.update(_sweep_bookkeeping('multvae', mesh))
+  fns['device_block.multvae'] = _device_block('multvae', mesh)
   fns['evaluate.batch_metrics'] = _batch_metrics(mesh)
+  fns['evaluate.models_metrics'] = _models_metrics(mesh)
   for name in MODELS:
     fns[f'score.{name}'] = _score_fn(name, mesh)
   for name in MODELS:
     fns[f'export.{name}'] = _serving_export(name)
+  fns['sweep_score.multvae'] = _sweep_score_fn('multvae', mesh)
+  fns.update(_closed_forms())
+  fns['recommend.select'] = _recommender_select()
   return fns
 
 
