@@ -47,7 +47,8 @@ def test_benchmark_runs_and_prints_json():
               'decoder_forward_gflops', 'decoder_weight_grad_gflops',
               'decoder_input_grad_gflops', 'first_layer_gather_gflops',
               'first_layer_scatter_gflops', 'adam_s', 'adam_fused_s',
-              'input_pipeline_s_per_batch', 'loss_first', 'staged_mb'):
+              'input_pipeline_s_per_batch', 'input_pipeline_users_per_s', 'loss_first',
+              'staged_mb'):
     assert np.isfinite(out[key]) and out[key] > 0, key
   # The peak is the best of XLA's and NumPy's GEMMs, each printed and in the JSON.
   for src in ('xla_gemm_gflops', 'numpy_gemm_gflops', 'numpy_clean_env_gemm_gflops'):

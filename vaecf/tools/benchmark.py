@@ -364,6 +364,7 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
       'numpy_clean_env_blas': peaks.get('numpy_clean_env_blas'),
       **tr['parts'], 'adam_fraction_of_step': tr['parts']['adam_s'] / tr['step_s'],
       'input_pipeline_s_per_batch': pipeline_s,
+      'input_pipeline_users_per_s': batch_size / pipeline_s,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       **process.settings()})
   if compare_dense:
@@ -410,7 +411,8 @@ def _run(shape, model, batch_size, dtype, devices, n_steps, eval_users, compare_
       f"{p['first_layer_gather_gflops']:.1f}, scatter {p['first_layer_scatter_gflops']:.1f}")
   log(f"Adam update {p['adam_s'] * 1e3:.1f} ms ({out['adam_fraction_of_step']:.0%} of a step; "
       f"optim.adam_step {p['adam_fused_s'] * 1e3:.1f} ms); "
-      f"input pipeline {pipeline_s * 1e3:.1f} ms/batch; XLA_FLAGS={out['xla_flags']!r}; "
+      f"input pipeline {pipeline_s * 1e3:.1f} ms/batch "
+      f"({out['input_pipeline_users_per_s']:,.0f} users/s); XLA_FLAGS={out['xla_flags']!r}; "
       f"malloc {out['malloc'] or 'glibc defaults'}")
   if compare_torch:
     log(f"plain PyTorch {out['torch_version']} ({out['torch_threads']} threads), same users: "
