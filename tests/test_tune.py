@@ -163,3 +163,22 @@ def test_edlae_and_multdae_tune_from_the_multvae_config(tmp_path, embedded_split
   again = evaluate.evaluate(fitted.score_fn, *embedded_split.heldout('test'),
                             metrics=c.eval.metrics)
   assert out['edlae']['test'] == pytest.approx(again.summary())
+
+
+def test_every_registered_model_has_a_space_to_search():
+  # RaCT's only traced knob is its dropout (a probability, searched on its own line and
+  # kept above 0); VASP's are its focal loss and KL weight; RecVAE's its gamma.
+  from vaecf import models, presets
+  want = {'ract': {'dropout_rate'}, 'vasp': {'focal_alpha', 'focal_gamma', 'kl_weight'},
+          'recvae': {'gamma'}, 'hvamp': None}
+  for name, knobs in want.items():
+    c = presets.compose(name)
+    space = tune.trained_space(c, models.build(c, 50))
+    if knobs is not None:
+      assert {k.name for k in space} == knobs, name
+    for k in space:
+      lo = k.lo if k.lo is not None else -math.inf
+      assert all(lo <= v <= (k.hi if k.hi is not None else math.inf) for v in k.start), k
+  dropout = {k.name: k for k in tune.trained_space(presets.compose('ract'), models.build(
+      presets.compose('ract'), 50))}['dropout_rate']
+  assert dropout.scale == 'linear' and dropout.lo > 0 and dropout.hi < 1

@@ -193,9 +193,13 @@ def trained_space(config, model: models.Model) -> list[Knob]:
   if config.model.name == 'multdae':
     return [Knob('dropout_rate', (0.3, 0.5, 0.7), 'linear', 0.0, 0.9, 0.05),
             Knob('weight_decay', (5e-6, 2e-5, 8e-5), lo=1e-9, hi=1.0), lr]
-  out = [Knob(k, (v / 3, v, v * 3), lo=0.0) if v > 0 else
+  # A probability is searched on its own line (0.5 * 3 is none); above 0, as RaCT's
+  # critic needs dropped items to learn from.
+  dropout = Knob('dropout_rate', (0.3, 0.5, 0.7), 'linear', 0.05, 0.9, 0.05)
+  out = [dropout if k == 'dropout_rate' else
+         Knob(k, (v / 3, v, v * 3), lo=0.0) if v > 0 else
          Knob(k, (v - 0.1, v, v + 0.1), 'linear', resolution=0.02)
-         for k, v in model.hparams.items() if k != 'dropout_rate']
+         for k, v in model.hparams.items()]
   return out + ([lr] if model.optimizers is None else [])
 
 
