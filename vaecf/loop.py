@@ -39,6 +39,10 @@ would, and the epochs after it cost the sweep nothing. A tuner's round also pass
 `stop_rule` (vaecf.tools.halving), asked after each validation pass which models stop
 now; it reads the models' validation history, which the checkpoint record keeps so a
 resumed run decides as the first did.
+
+It is over 300 lines because what a single run and a sweep share (resume, the epoch,
+the passes by either pipeline, the validation cadence, both stopping rules, the
+checkpoint record, the final test) is one loop, kept in one place.
 """
 from __future__ import annotations
 

@@ -48,6 +48,10 @@ Departures from the authors' code:
 - The authors fine-tune the best pretrained actor (by validation); here the stages follow
   each other in one run, so fine-tuning starts from the last MLE epoch (choose mle_epochs
   near Mult-VAE's best epoch; on ML-1M it is 98).
+
+It is over 300 lines because the actor, the critic with its feature statistics, the
+critic's NDCG target and the optimizer that holds each stage's Adam belong together: the
+stage switch couples them.
 """
 from __future__ import annotations
 

@@ -66,6 +66,10 @@ Where this differs from their run, and why:
 The first encoder layer reads vaecf's sparse batches (`vaecf.models.nn.sparse_dense`, a
 gather and segment sum). The shallow path x W needs the batch's [B, I] rows: they are
 built inside the step, one batch at a time, as are the focal loss's [B, I] targets.
+
+It is over 300 lines because the model, its focal loss, its split augmentation and the
+Keras Nadam it trains with are each the authors' own and are kept beside the account of
+where they differ.
 """
 from __future__ import annotations
 

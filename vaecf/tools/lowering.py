@@ -14,6 +14,9 @@ the collectives in the StableHLO text and the custom-call targets, flagging thos
 that look CPU-only. The collectives are the explicit ones (shard_map's psum of the
 gradient and of the reported values); those XLA's partitioner adds for the evaluator's
 auto-sharded arrays appear only when a GPU or TPU compiles the module.
+
+It is over 300 lines because each jitted function needs its own abstract arguments,
+built as its caller builds them; the list is the point of the module.
 """
 from __future__ import annotations
 
