@@ -17,7 +17,8 @@ OWN_FLAG = {'vaecf-train': '--workdir', 'vaecf-recommend': '--items',
             'vaecf-data': '--export_dir', 'vaecf-benchmark': '--batch_size',
             'vaecf-activity': '--workdirs', 'vaecf-plot': '--workdir', 'vaecf-tune': '--budget',
             'vaecf-sweep': '--models_per_pass', 'vaecf-select-beta': '--workdir',
-            'vaecf-paper-table': '--likelihoods', 'vaecf-ensemble': '--members'}
+            'vaecf-paper-table': '--likelihoods', 'vaecf-ensemble': '--members',
+            'vaecf-halving': '--replay'}
 
 
 def test_every_tool_is_a_script():

@@ -1,7 +1,7 @@
 """Successive halving for a tune's rounds: a point that cannot catch the leader stops at a
 rung, and a replay of a finished tune through the rule.
 
-  python -m vaecf.tools.halving --replay=TUNE_DIR [--halving_eta=3]
+  vaecf-halving --replay=TUNE_DIR [--halving_eta=3]
       [--halving_min_epochs=10] [--json=PATH]
 
 A round trains its points in one sweep and lasts as long as its slowest point, so a far
