@@ -32,7 +32,8 @@ def cut(history, last):
 
 def test_a_hopeless_point_stops_at_the_first_rung_and_the_best_never_does():
   hist = [curve(0.40, 8), curve(0.41, 12), curve(0.20, 2)]  # the last has flattened
-  assert halving.stops(RULE, hist, epochs=EPOCHS) == {2: 10}
+  # The first, flattening just below the leader, stops at the third rung.
+  assert halving.stops(RULE, hist, epochs=EPOCHS) == {2: 10, 0: 90}
   # Flat below the leader, the second best stops later: a point it could still pass is not
   # a reason to keep training it.
   assert halving.stops(RULE, [curve(0.40, 5), curve(0.41, 12)], epochs=EPOCHS) == {0: 90}
@@ -205,17 +206,17 @@ def test_the_replay_stops_the_hopeless_points_and_keeps_the_choice(tmp_path, cap
   assert list(report['models']) == ['multvae']  # baselines have no curves
   m = report['models']['multvae']
   first, second = m['rounds']
-  assert [p['rule_stop'] for p in first['sweeps'][0]['points']] == [None, None, 30]
+  assert [p['rule_stop'] for p in first['sweeps'][0]['points']] == [None, None, 10]
   assert [p['rule_stop'] for p in second['sweeps'][0]['points']] == [90]  # vs the incumbent
   assert first['rule_chosen'] == first['chosen'] == g(0.015)
   assert m['same_choice'] and m['rule_chosen'] == m['chosen'] == g(0.015)
   assert m['model_epochs'] == 60 + 125 + 48 + 180
-  assert m['rule_model_epochs'] == 60 + 125 + 30 + 90
+  assert m['rule_model_epochs'] == 60 + 125 + 10 + 90
   # Wall time: 2 s per model-epoch here, so the linear estimate saves 2 s per model-epoch.
-  assert m['seconds'] - m['rule_seconds'] == pytest.approx(2.0 * (18 + 90))
+  assert m['seconds'] - m['rule_seconds'] == pytest.approx(2.0 * (38 + 90))
   assert m['seconds_saved_min'] == pytest.approx(2.0 * 90)  # round 2's epochs 91-180
   text = halving.table(report)
-  assert 'stop at 30' in text and 'the same choice' in text
+  assert 'stop at 10' in text and 'the same choice' in text
   # The command prints the table and writes the JSON.
   import subprocess
   import sys
@@ -224,7 +225,7 @@ def test_the_replay_stops_the_hopeless_points_and_keeps_the_choice(tmp_path, cap
                          f'--json={out}'], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert 'stop at 90' in proc.stdout
-  assert json.loads(out.read_text())['models']['multvae']['rule_model_epochs'] == 305
+  assert json.loads(out.read_text())['models']['multvae']['rule_model_epochs'] == 285
 
 
 def test_a_replay_where_the_rule_changes_the_choice_says_so(tmp_path):

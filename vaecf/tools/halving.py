@@ -14,10 +14,11 @@ trains under one config. With s the best validation score up to the rung's epoch
 the field's best, a point still training stops when both:
   - it is not in the top ceil(n / eta) of the field's n (ASHA's rung; ties share a place);
   - it stays below L even if each eta-fold of the epochs left to train.epochs gains as
-    much as its last one did, grown by the ratio r by which that one grew on the one
-    before: with g = s - s(e // eta), g' = s(e // eta) - s(e // eta^2), r = max(g / g',
-    1) and F = log_eta(epochs / e) folds left, s + g (r + r^2 + ... + r^F) < L (g F when
-    r = 1, the sum's continuous form when F is not whole; `reach`).
+    much as its last one did, times the ratio r by which that one changed on the one
+    before: with g = s - s(e // eta), g' = s(e // eta) - s(e // eta^2), r = g / g' and
+    F = log_eta(epochs / e) folds left, s + g (r + r^2 + ... + r^F) < L (g F when r = 1,
+    the sum's continuous form when F is not whole; `reach`). Gains that grew keep
+    growing; gains that shrank keep shrinking at their rate (a curve past its S's bend).
 The second condition is the safety: a validation curve rises in log-epochs as an S, and
 a point still speeding up (before its S bends) may overtake any leader: on
 ml-latest-small, Mult-DAE is 16% behind Mult-VAE at epoch 10 and ends 8% ahead, gaining
@@ -127,11 +128,14 @@ def decide(rule: Rule, epoch: int, histories, out, *, epochs: int,
 
 
 def reach(gain: float, gain_before: float, folds: float) -> float:
-  """What `folds` more eta-folds of epochs may add to a point's best when each gains as
-  much as the last, `gain`, times the ratio by which the last grew on the one before
-  (when it grew; gains below NOISE are noise)."""
-  r = max((gain + NOISE) / (gain_before + NOISE), 1.0)
-  return gain * folds if r == 1.0 else gain * r * (r ** folds - 1) / (r - 1)
+  """What `folds` more eta-folds of epochs may add to a point's best when each gains the
+  last one's gain, `gain`, times the ratio r by which that one changed on the one before
+  (gains below NOISE are noise): growing without end when r > 1; when r < 1, shrinking
+  as they have been, a geometric sum bounded by gain * r / (1 - r)."""
+  r = (gain + NOISE) / (gain_before + NOISE)
+  if r == 1.0:
+    return gain * folds
+  return gain * r * (r ** folds - 1) / (r - 1)
 
 
 def stops(rule: Rule, histories, *, epochs: int, reference=None,
