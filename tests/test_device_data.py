@@ -11,21 +11,14 @@ from vaecf import (checkpoints, device_data, distributed, input_pipeline, loop, 
                    sweep, train)
 from vaecf.config import ConfigError, base_config, validate
 from vaecf.data import load_split
+import test_train
 
 
 def small_config(tmp_path, **train_kw):
-  c = base_config()
-  c.data.rating_threshold = 3.5
-  c.data.cache_dir = str(tmp_path / 'cache')
-  c.model.hidden_dims = (32,)
-  c.model.latent_dim = 8
-  c.train.batch_size = 128
-  c.train.epochs = 3
-  c.train.total_anneal_steps = 20
-  c.train.steps_per_dispatch = 3  # 4 batches a pass: a block of 3 and one of 1
-  for k, v in train_kw.items():
-    c.train[k] = v
-  return c
+  """test_train's small config, 3 epochs, in blocks of 3 steps (4 batches a pass: a block
+  of 3 and one of 1)."""
+  return test_train.small_config(tmp_path, **{'epochs': 3, 'steps_per_dispatch': 3,
+                                              **train_kw})
 
 
 @pytest.fixture(scope='module')

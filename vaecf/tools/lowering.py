@@ -88,13 +88,20 @@ def _exporter(fn, *args) -> Callable[[str], str]:
   return lower
 
 
-def _train_steps(name: str, mesh) -> dict[str, Callable[[str], str]]:
+def _tiny_model(name: str, mesh):
+  """(config, model, optimizer, abstract train state, abstract hparams) of the tiny
+  `name`, replicated over `mesh`, as the trainer builds them."""
   c = tiny_config(name)
   model = models.build(c, N_ITEMS)
   opt = steps.make_optimizer(c)
   rep = distributed.replicated(mesh)
   state = _spec(jax.eval_shape(lambda: steps.init_state(model, opt, jax.random.key(0))), rep)
   hp = _spec(jax.eval_shape(lambda: steps.hparams_from_config(c, model)), rep)
+  return c, model, opt, state, hp
+
+
+def _train_steps(name: str, mesh) -> dict[str, Callable[[str], str]]:
+  _, model, opt, state, hp = _tiny_model(name, mesh)
   batch = abstract_batch(mesh)
   if len(model.phases) == 1:
     fns = {f'train.{name}': steps.make_train_step(model, opt, mesh, seed=0)}
@@ -129,13 +136,10 @@ def _sweep_steps(name: str, mesh, platform_mpp: dict) -> dict[str, Callable[[str
 
 def _after_fns(name: str, mesh) -> dict[str, Callable[[str], str]]:
   """Each phase's `after` hook (RecVAE's prior refresh), for one run and for a sweep."""
-  c = tiny_config(name)
-  model = models.build(c, N_ITEMS)
-  opt = steps.make_optimizer(c)
-  rep = distributed.replicated(mesh)
-  init = lambda: steps.init_state(model, opt, jax.random.key(0))
-  state = _spec(jax.eval_shape(init), rep)
-  states = _spec(jax.eval_shape(lambda: sweep.stack_states(init(), SWEEP_MODELS)), rep)
+  _, model, opt, state, _ = _tiny_model(name, mesh)
+  states = _spec(jax.eval_shape(lambda: sweep.stack_states(
+      steps.init_state(model, opt, jax.random.key(0)), SWEEP_MODELS)),
+      distributed.replicated(mesh))
   fns = {}
   for p in model.phases:
     if p.after is not None:
@@ -196,12 +200,8 @@ def _sweep_score_fn(name: str, mesh) -> Callable[[str], str]:
 def _device_block(name: str, mesh) -> Callable[[str], str]:
   """A block of train steps on device-resident data (vaecf.device_data): the batches
   gathered on the device from its CSR and the pass's order, scanned."""
-  c = tiny_config(name)
-  model = models.build(c, N_ITEMS)
-  opt = steps.make_optimizer(c)
+  _, model, opt, state, hp = _tiny_model(name, mesh)
   rep = distributed.replicated(mesh)
-  state = _spec(jax.eval_shape(lambda: steps.init_state(model, opt, jax.random.key(0))), rep)
-  hp = _spec(jax.eval_shape(lambda: steps.hparams_from_config(c, model)), rep)
   batch_size = mesh.devices.size * USERS_PER_SHARD
   rng = np.random.default_rng(0)  # a tiny CSR: its largest batch fixes the gather's shape
   train = sp.random(4 * batch_size, N_ITEMS, density=0.3, format='csr', random_state=rng,
